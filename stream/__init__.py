@@ -1,0 +1,1 @@
+"""I/O at the edge: sources, sinks (exports), the command line, live and replay runners."""
