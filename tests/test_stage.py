@@ -1,0 +1,306 @@
+"""StageModel: the empty-stage background model (shadows vs. product, boxes, matting)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from turncrop.tracking.stage import StageModel, StageOptions
+
+H, W = 160, 200
+NOISE = 2.0  # per-channel sensor noise, 8-bit levels
+YY, XX = np.mgrid[0:H, 0:W].astype(np.float32)
+# A light sweep: a colour gradient across and down the frame.
+BACKDROP = np.stack([190 + 30 * XX / W, 192 + 25 * YY / H, 198 + 10 * XX / W], -1)
+
+
+def _shot(linear: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A float RGB image -> a uint8 frame with fresh sensor noise."""
+    return np.clip(linear + rng.normal(0, NOISE, linear.shape), 0, 255).astype(np.uint8)
+
+
+def _learnt(rng: np.random.Generator, frames: int = 8, **options) -> StageModel:
+    stage = StageModel(StageOptions(warmup_frames=frames, **options))
+    for _ in range(frames):
+        stage.learn_empty(_shot(BACKDROP, rng))
+    assert stage.ready and stage.frames_learnt == frames
+    return stage
+
+
+def _disc(cx: float, cy: float, r: float) -> np.ndarray:
+    return (XX - cx) ** 2 + (YY - cy) ** 2 <= r * r
+
+
+def _texture(rng: np.random.Generator, std: float) -> np.ndarray:
+    """Fine-grained zero-mean texture with the given standard deviation."""
+    t = cv2.GaussianBlur(rng.normal(0, 1, (H, W)).astype(np.float32), (0, 0), 1.0)
+    return t / t.std() * std
+
+
+def _antialiased(cx: float, cy: float, r: float, r_in: float = 0.0, supersample: int = 4) -> np.ndarray:
+    """Exact-ish coverage of a disc (or a ring r_in..r): rendered at 4x, box-filtered down."""
+    s = supersample
+    y, x = np.mgrid[0:H * s, 0:W * s].astype(np.float32)
+    d2 = ((x + 0.5) / s - cx) ** 2 + ((y + 0.5) / s - cy) ** 2
+    big = ((d2 <= r * r) & (d2 >= r_in * r_in)).astype(np.float32)
+    return cv2.resize(big, (W, H), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def stage(rng):
+    return _learnt(rng)
+
+
+# -- learning -----------------------------------------------------------------------------------------
+
+
+def test_log_odds_before_warmup_raises(rng):
+    stage = StageModel(StageOptions(warmup_frames=3))
+    with pytest.raises(RuntimeError, match="before the empty stage"):
+        stage.log_odds(_shot(BACKDROP, rng))
+    for i in range(2):
+        stage.learn_empty(_shot(BACKDROP, rng))
+        assert not stage.ready
+    with pytest.raises(RuntimeError):
+        stage.foreground(_shot(BACKDROP, rng))
+    stage.learn_empty(_shot(BACKDROP, rng))
+    assert stage.ready
+    assert stage.log_odds(_shot(BACKDROP, rng)).shape == (H, W)
+
+
+def test_size_mismatch_raises_a_clear_error(stage, rng):
+    small = _shot(BACKDROP[:100, :120], rng)
+    with pytest.raises(ValueError, match=r"\(100, 120\).*\(160, 200\)"):
+        stage.log_odds(small)
+
+
+def test_learning_a_new_size_restarts_warmup(stage, rng):
+    stage.learn_empty(_shot(BACKDROP[:100, :120], rng))
+    assert stage.frames_learnt == 1 and not stage.ready
+
+
+def test_learnt_mean_and_noise_match_the_empty_frames(rng):
+    stage = _learnt(rng, frames=16)
+    assert np.abs(stage._mean - BACKDROP).mean() < 1.0
+    # Noise of the 3-vector residual: sqrt(3) * per-channel std (pooled, so close to the truth).
+    assert np.median(stage._noise()) == pytest.approx(np.sqrt(3) * NOISE, rel=0.2)
+
+
+def test_empty_frame_is_all_backdrop(stage, rng):
+    frame = _shot(BACKDROP, rng)
+    lo = stage.log_odds(frame)
+    assert lo.dtype == np.float32
+    assert not stage.foreground(frame).any()
+    assert np.median(lo) < -3
+    assert lo.min() >= -stage.options.evidence_clip and lo.max() <= stage.options.evidence_clip
+    boxes, areas = stage.product_boxes(frame)
+    assert boxes.shape == (0, 4) and areas.shape == (0,)
+
+
+# -- shadows vs. product -----------------------------------------------------------------------------
+
+
+def test_soft_shadow_is_not_foreground(stage, rng):
+    # A smooth contact shadow darkening the backdrop by 40 % at its core.
+    depth = np.exp(-(((XX - 100) / 30) ** 2 + ((YY - 80) / 22) ** 2))
+    frame = _shot(BACKDROP * (1 - 0.4 * depth)[..., None], rng)
+    # Without the shadow model the core is far from the backdrop (about 80 levels), so this is the
+    # shadow explanation at work, not a weak detector.
+    assert np.abs(frame.astype(float) - BACKDROP)[depth > 0.9].mean() > 60
+    assert not stage.foreground(frame).any()
+    lo = stage.log_odds(frame)[depth > 0.5]
+    assert np.median(lo) < -1 and (lo > 0).mean() < 0.01  # isolated noise pixels at most
+
+
+def test_textured_grey_object_is_foreground_though_a_shadow_of_same_depth_is_not(stage, rng):
+    obj = _disc(140, 80, 22)
+    # A grey product darkening the backdrop by 40 % on average, with a fine surface texture
+    # (brightness-ratio std 0.09, i.e. about 18 levels).
+    textured = np.where(obj, 0.6 * (1 + _texture(rng, 0.15)), 1.0)
+    fg = stage.foreground(_shot(BACKDROP * textured[..., None], rng))
+    assert fg[obj].mean() > 0.95
+    assert not fg[~_disc(140, 80, 24)].any()
+    # The same darkening without texture is indistinguishable from a shadow: the texture rule is what
+    # makes the difference above.
+    smooth = np.where(obj, 0.6, 1.0)
+    assert stage.foreground(_shot(BACKDROP * smooth[..., None], rng))[obj].mean() < 0.05
+
+
+def test_darkening_beyond_the_deepest_shadow_is_foreground(stage, rng):
+    obj = _disc(100, 80, 25)
+    fg = stage.foreground(_shot(BACKDROP * np.where(obj, 0.2, 1.0)[..., None], rng))
+    assert fg[_disc(100, 80, 23)].all()
+
+
+def test_brightening_is_never_a_shadow(stage, rng):
+    obj = _disc(100, 80, 25)
+    bright = np.minimum(BACKDROP * np.where(obj, 1.15, 1.0)[..., None], 255)
+    assert stage.foreground(_shot(bright, rng))[_disc(100, 80, 23)].all()
+
+
+def test_hue_change_at_same_brightness_is_foreground(stage, rng):
+    obj = _disc(100, 80, 25)
+    img = BACKDROP.copy()
+    img[obj] = img[obj][:, [2, 0, 1]] + np.array([25, -25, 0])  # a tint, brightness about the same
+    assert stage.foreground(_shot(img, rng))[_disc(100, 80, 23)].mean() > 0.95
+
+
+def test_thin_dark_line_is_foreground(stage, rng):
+    line = np.zeros((H, W), np.uint8)
+    cv2.line(line, (20, 140), (180, 150), 1, 2)
+    img = np.where(line[..., None] > 0, 60.0, BACKDROP)
+    fg = stage.foreground(_shot(img, rng))
+    assert fg[line > 0].mean() > 0.9
+    assert not (fg & (cv2.dilate(line, np.ones((5, 5), np.uint8)) == 0)).any()
+
+
+# -- boxes ----------------------------------------------------------------------------------------------
+
+
+def test_product_boxes_merges_nearby_parts_and_orders_by_area(stage, rng):
+    img = BACKDROP.copy()
+    # One product in two parts 3 px apart (a body and its cable) ...
+    img[60:100, 40:80] = (50, 55, 60)
+    img[78:82, 83:120] = (50, 55, 60)
+    # ... and a second, smaller product far away.
+    img[20:40, 160:185] = (150, 30, 30)
+    # A speck below min_area.
+    img[140:143, 20:23] = (0, 0, 0)
+    boxes, areas = stage.product_boxes(_shot(img, rng))
+    assert boxes.dtype == np.float32 and areas.dtype == np.float32
+    assert len(boxes) == 2
+    np.testing.assert_allclose(boxes[0], [40, 60, 120, 100], atol=1)
+    np.testing.assert_allclose(boxes[1], [160, 20, 185, 40], atol=1)
+    # Areas are the foreground pixels of each blob (the closing gap is not counted).
+    np.testing.assert_allclose(areas, [(40 * 40 + 4 * 37) / (H * W), 20 * 25 / (H * W)], rtol=0.05)
+    assert areas[0] > areas[1]
+
+
+def test_product_boxes_min_area(rng):
+    stage = _learnt(rng, min_area=0.04)
+    img = BACKDROP.copy()
+    img[60:100, 40:80] = (50, 55, 60)  # 1600 px = 5 % of the frame
+    img[20:40, 160:185] = (150, 30, 30)  # 500 px, below
+    boxes, areas = stage.product_boxes(_shot(img, rng))
+    assert len(boxes) == 1
+    np.testing.assert_allclose(boxes[0], [40, 60, 80, 100], atol=1)
+
+
+# -- matting ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("colour", [(40, 60, 90), (150, 40, 40)])
+def test_matte_moves_the_edge_to_half_coverage(stage, rng, colour):
+    alpha = _antialiased(100.3, 80.6, 30.4)
+    truth = alpha >= 0.5
+    img = alpha[..., None] * np.array(colour, np.float32) + (1 - alpha[..., None]) * BACKDROP
+    frame = _shot(img, rng)
+    raw = stage.foreground(frame)
+    refined, soft = stage.matte(frame, raw)
+    raw_errors = int((raw ^ truth).sum())
+    matted_errors = int((refined ^ truth).sum())
+    # The raw mask grows by the anti-aliased rim (a few dozen pixels here); matting removes that bias.
+    assert raw_errors > 30
+    assert matted_errors <= raw_errors // 4
+    assert refined.dtype == bool and refined.shape == (H, W)
+    assert soft.dtype == np.float32 and soft.min() >= 0 and soft.max() <= 1
+    edge = (alpha > 0.05) & (alpha < 0.95)
+    assert np.abs(soft[edge] - alpha[edge]).mean() < 0.12
+    # Away from the edge the input label is kept.
+    far = cv2.dilate((raw ^ cv2.erode(raw.astype(np.uint8), np.ones((3, 3))).astype(bool)).astype(np.uint8),
+                     np.ones((9, 9), np.uint8)) == 0
+    assert (refined[far] == raw[far]).all()
+    assert (soft[far] == raw[far]).all()
+
+
+def test_matte_leaves_holes_inside_the_mask_alone(stage, rng):
+    # A ring-shaped product: the backdrop shows through its hole.
+    outer, inner = 30.4, 18.0
+    alpha = _antialiased(100.3, 80.6, outer, inner)
+    truth = alpha >= 0.5
+    colour = np.array((40, 60, 90), np.float32)
+    frame = _shot(alpha[..., None] * colour + (1 - alpha[..., None]) * BACKDROP, rng)
+    raw = stage.foreground(frame)
+    assert not raw[_disc(100.3, 80.6, inner - 2)].any()  # the hole is in the mask
+    refined, soft = stage.matte(frame, raw)
+    hole_side = _disc(100.3, 80.6, (outer + inner) / 2)
+    # The hole's edge keeps the input label, pixel for pixel ...
+    assert (refined[hole_side] == raw[hole_side]).all()
+    assert (soft[hole_side] == raw[hole_side]).all()
+    # ... while the outline is matted.
+    assert ((refined ^ truth) & ~hole_side).sum() <= ((raw ^ truth) & ~hole_side).sum() // 4
+    assert (refined != raw).any()
+
+
+def test_matte_keeps_labels_where_the_product_looks_like_the_backdrop(stage, rng):
+    # Product colour equal to the backdrop: alpha cannot be solved, the input label must stay.
+    mask = _disc(100, 80, 30)
+    frame = _shot(BACKDROP, rng)
+    refined, soft = stage.matte(frame, mask)
+    assert (refined == mask).all()
+    assert (soft == mask.astype(np.float32)).all()
+
+
+# -- adaptation -------------------------------------------------------------------------------------------
+
+
+def test_adapt_follows_lighting_drift_on_backdrop_only(rng):
+    stage = _learnt(rng, adapt_rate=0.2)
+    brighter = np.minimum(BACKDROP * 1.06, 255)  # lights came up ~12 levels
+    assert stage.foreground(_shot(brighter, rng)).mean() > 0.5
+    background = np.ones((H, W), bool)
+    background[60:100, 80:120] = False  # where the product stands
+    before = stage._mean.copy()
+    for _ in range(20):
+        stage.adapt(_shot(brighter, rng), background)
+    np.testing.assert_array_equal(stage._mean[~background], before[~background])
+    assert not stage.foreground(_shot(brighter, rng))[background].any()
+
+
+def test_adapt_before_warmup_is_a_no_op(rng):
+    stage = StageModel(StageOptions(warmup_frames=4))
+    stage.learn_empty(_shot(BACKDROP, rng))
+    before = stage._mean.copy()
+    stage.adapt(_shot(BACKDROP * 0.5, rng), np.ones((H, W), bool))
+    np.testing.assert_array_equal(stage._mean, before)
+
+
+def test_adapt_rate_zero_freezes_the_stage(rng):
+    stage = _learnt(rng, adapt_rate=0.0)
+    before = stage._mean.copy()
+    stage.adapt(_shot(BACKDROP * 0.5, rng), np.ones((H, W), bool))
+    np.testing.assert_array_equal(stage._mean, before)
+
+
+# -- options ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"warmup_frames": 0},
+        {"shadow_min": 0.0},
+        {"shadow_min": 1.0},
+        {"adapt_rate": -0.1},
+        {"adapt_rate": 1.0},
+        {"noise_floor": 0.0},
+        {"threshold": -1.0},
+        {"evidence_scale": 0.0},
+        {"evidence_clip": 0.0},
+        {"min_area": 0.0},
+    ],
+)
+def test_options_validation(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"stage.{name}"):
+        StageOptions(**kwargs)
+
+
+def test_options_defaults_are_valid():
+    o = StageOptions()
+    assert o.warmup_frames >= 1 and 0 < o.shadow_min < 1

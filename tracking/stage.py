@@ -1,0 +1,186 @@
+"""The empty stage: a per-pixel background model learnt from frames with nothing on the turntable.
+
+On a studio rig the camera and lights stay put, so the empty stage is the strongest cue there is: a pixel
+that does not look like its own background is product, whatever its colour. Two things make the naive
+difference wrong and are modelled here: sensor and compression noise (a per-pixel standard deviation
+measured over the empty frames) and the product's own contact shadow, which darkens the backdrop without
+changing its hue (Horprasert et al., 1999: brightness vs. chromaticity distortion). A grey product on a
+grey sweep darkens the backdrop just like a shadow does; what tells them apart is texture: a soft shadow
+scales the backdrop smoothly, a product's surface does not. So the shadow explanation is only granted
+where the brightness ratio is locally smooth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """Tuning of the empty-stage model."""
+
+    warmup_frames: int = 8  # empty frames averaged before the stage is trusted
+    noise_floor: float = 2.0  # minimum per-pixel noise std, in 8-bit levels (compression, quantisation)
+    threshold: float = 5.0  # residual (in noise std) at which a pixel is as likely product as backdrop
+    evidence_scale: float = 1.0  # log-odds per noise std beyond the threshold
+    evidence_clip: float = 8.0
+    shadow_min: float = 0.3  # darkest backdrop brightness ratio still explained as a shadow
+    shadow_cost: float = 2.0  # residual (noise std) charged for the deepest allowed shadow
+    shadow_texture: float = 1.0  # residual charged per noise std of brightness-ratio texture
+    min_area: float = 0.002  # smallest product, as a fraction of the frame
+    adapt_rate: float = 0.02  # how fast backdrop pixels far from the product follow lighting drift
+
+    def __post_init__(self) -> None:
+        if self.warmup_frames < 1:
+            raise ValueError(f"stage.warmup_frames must be >= 1, got {self.warmup_frames}")
+        if not 0.0 < self.shadow_min < 1.0:
+            raise ValueError(f"stage.shadow_min must be in (0, 1), got {self.shadow_min}")
+        if not 0.0 <= self.adapt_rate < 1.0:
+            raise ValueError(f"stage.adapt_rate must be in [0, 1), got {self.adapt_rate}")
+        for name in ("noise_floor", "threshold", "evidence_scale", "evidence_clip", "min_area"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"stage.{name} must be > 0, got {getattr(self, name)}")
+
+
+class StageModel:
+    """Per-pixel backdrop mean and noise, and foreground log-odds of a frame against them.
+
+    Images are (H, W, 3) uint8 RGB. Learning is Welford's running mean/variance over empty frames.
+    """
+
+    def __init__(self, options: StageOptions | None = None) -> None:
+        self.options = options or StageOptions()
+        self._count = 0
+        self._mean: np.ndarray | None = None  # (H, W, 3) float32
+        self._m2: np.ndarray | None = None  # (H, W, 3) float32, sum of squared deviations
+        self._sigma: np.ndarray | None = None  # (H, W) float32, noise std per pixel
+
+    @property
+    def ready(self) -> bool:
+        return self._count >= self.options.warmup_frames
+
+    @property
+    def frames_learnt(self) -> int:
+        return self._count
+
+    def learn_empty(self, image: np.ndarray) -> None:
+        """Add a frame known to show the empty stage."""
+        x = image.astype(np.float32)
+        if self._mean is None or self._mean.shape != x.shape:
+            self._count, self._mean, self._m2 = 0, np.zeros_like(x), np.zeros_like(x)
+        self._count += 1
+        delta = x - self._mean
+        self._mean += delta / self._count
+        self._m2 += delta * (x - self._mean)
+        self._sigma = None
+
+    def adapt(self, image: np.ndarray, background: np.ndarray) -> None:
+        """Follow slow lighting drift on pixels known to be backdrop ((H, W) bool) while a product is on."""
+        if not self.ready:
+            return
+        rate = self.options.adapt_rate
+        x = image.astype(np.float32)
+        self._mean[background] += rate * (x[background] - self._mean[background])
+
+    def log_odds(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) float32 log-odds that each pixel is not backdrop (positive = product)."""
+        if not self.ready:
+            raise RuntimeError("StageModel.log_odds before the empty stage was learnt")
+        o = self.options
+        if image.shape != self._mean.shape:
+            raise ValueError(f"frame size {image.shape[:2]} differs from the stage's {self._mean.shape[:2]}")
+        sigma = self._noise()
+        x = image.astype(np.float32)
+        b = self._mean
+        bb = np.maximum((b * b).sum(-1), 1.0)
+        # Brightness ratio that best explains x as a scaled backdrop; only shading below 1 is a shadow.
+        raw_ratio = (x * b).sum(-1) / bb
+        ratio = np.clip(raw_ratio, o.shadow_min, 1.0)
+        plain = np.sqrt(((x - b) ** 2).sum(-1)) / sigma
+        shaded = np.sqrt(((x - ratio[..., None] * b) ** 2).sum(-1)) / sigma
+        # Local standard deviation of the ratio, in noise units of this pixel's backdrop brightness.
+        mean = cv2.blur(raw_ratio, (5, 5))
+        texture = np.sqrt(np.maximum(cv2.blur(raw_ratio * raw_ratio, (5, 5)) - mean * mean, 0.0))
+        texture *= np.sqrt(bb) / sigma
+        shaded += o.shadow_cost * (1.0 - ratio) / (1.0 - o.shadow_min) + o.shadow_texture * texture
+        residual = np.minimum(plain, shaded)
+        evidence = o.evidence_scale * (residual - o.threshold)
+        return np.clip(evidence, -o.evidence_clip, o.evidence_clip).astype(np.float32)
+
+    def foreground(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) bool: pixels unlike the backdrop, cleaned of speckle."""
+        fg = (self.log_odds(image) > 0).astype(np.uint8)
+        fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        return fg.astype(bool)
+
+    def product_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes of foreground blobs large enough to be a product.
+
+        Returns (xyxy (N, 4) float32, area fraction (N,) float32), largest first. Nearby pieces of one
+        product (a cable, a tripod leg) are merged by closing before the components are labelled.
+        """
+        fg = self.foreground(image).astype(np.uint8)
+        h, w = fg.shape
+        k = max(3, int(round(0.02 * max(h, w))) | 1)
+        joined = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+        boxes, areas = [], []
+        for i in range(1, n):
+            area = float(fg[labels == i].sum()) / (h * w)
+            if area < self.options.min_area:
+                continue
+            x, y, bw, bh = stats[i, :4]
+            boxes.append([x, y, x + bw, y + bh])
+            areas.append(area)
+        order = np.argsort(areas)[::-1]
+        return (
+            np.asarray(boxes, np.float32).reshape(-1, 4)[order],
+            np.asarray(areas, np.float32)[order],
+        )
+
+    def matte(self, image: np.ndarray, mask: np.ndarray, band: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        """Refine a mask's edge to the 50 % coverage line using the known backdrop (difference matting).
+
+        Edge pixels mix product colour F and backdrop B: I = a F + (1 - a) B. B is the stage, F is taken
+        from nearby interior pixels of the mask, and a = (I - B).(F - B) / |F - B|^2. A mask that only
+        asks "unlike the backdrop?" grows by the anti-aliased rim; thresholding a at 0.5 removes that bias.
+
+        Returns (mask (H, W) bool, alpha (H, W) float32 in [0, 1]); pixels farther than `band` from the
+        edge, or whose product colour is too close to the backdrop to solve for, keep the input label.
+        """
+        m = mask.astype(np.uint8)
+        kernel = np.ones((3, 3), np.uint8)
+        # Only the outer outline is matted: holes inside the mask (a grille's mesh) keep their label.
+        inner = cv2.erode(_fill_holes(m), kernel, iterations=band)
+        rim = cv2.dilate(m, kernel, iterations=band) > inner
+        x = image.astype(np.float32)
+        b = self._mean
+        # Interior colour: eroded mask, plus the centres of structures too thin to survive erosion.
+        core = (inner > 0) | (mask & (self.log_odds(image) >= self.options.evidence_clip))
+        weight = cv2.blur(core.astype(np.float32), (9, 9))
+        fg = cv2.blur(x * core[..., None], (9, 9)) / np.maximum(weight, 1e-6)[..., None]
+        d = fg - b
+        dd = (d * d).sum(-1)
+        alpha = np.clip(((x - b) * d).sum(-1) / np.maximum(dd, 1e-6), 0.0, 1.0)
+        solvable = rim & (weight > 0.01) & (np.sqrt(dd) > 4.0 * self._noise())
+        refined = np.where(solvable, alpha >= 0.5, mask)
+        soft = np.where(solvable, alpha, mask.astype(np.float32)).astype(np.float32)
+        return refined, soft
+
+    def _noise(self) -> np.ndarray:
+        if self._sigma is None:
+            var = self._m2.sum(-1) / max(self._count - 1, 1)
+            # Few frames give a noisy variance: pool it over a neighbourhood, never below the floor.
+            sigma = np.sqrt(cv2.blur(var, (15, 15)))
+            self._sigma = np.maximum(sigma, self.options.noise_floor).astype(np.float32)
+        return self._sigma
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 0/1 -> the same with every background region not connected to the border filled."""
+    padded = np.pad(1 - mask, 1, constant_values=1)
+    n, labels = cv2.connectedComponents(padded.astype(np.uint8), connectivity=4)
+    outside = labels == labels[0, 0]
+    return (~outside[1:-1, 1:-1]).astype(np.uint8)
