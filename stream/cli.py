@@ -1,0 +1,166 @@
+"""The `turncrop` command: run, eval, weights."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from turncrop.models.weights import WeightsError
+from turncrop.stream.config import BACKEND_NAMES, ConfigError, load_config
+from turncrop.stream.sources import SourceError
+
+log = logging.getLogger("turncrop")
+
+
+def parse_box(text: str) -> tuple[tuple[float, float, float, float], int | None]:
+    """'X0,Y0,X1,Y1' or 'X0,Y0,X1,Y1@FRAME' -> (box, frame or None)."""
+    box_text, _, frame_text = text.partition("@")
+    try:
+        values = tuple(float(v) for v in box_text.split(","))
+        frame = int(frame_text) if frame_text else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--box must be X0,Y0,X1,Y1[@FRAME] in pixels, got {text!r}") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"--box needs 4 numbers X0,Y0,X1,Y1, got {len(values)} in {text!r}")
+    return values, frame
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "backend", None):
+        out["backend"] = args.backend
+    if getattr(args, "checkpoint", None):
+        out["checkpoint"] = str(args.checkpoint)
+    if getattr(args, "box", None):
+        box, frame = args.box
+        out["prompt.box"] = list(box)
+        if frame is not None:
+            out["prompt.frame"] = frame
+    return out
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="video file (mp4, mkv, webm, mov) or folder of images")
+    p.add_argument("--config", help="YAML file or preset name (default, studio, fast)")
+    p.add_argument("--backend", choices=BACKEND_NAMES, help="segmenter (default: auto = MobileSAM if its "
+                   "weights are cached, else the weight-free graphcut)")
+    p.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM checkpoint file to use")
+    p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1[@FRAME]",
+                   help="the product's box on FRAME (default 0); without it products are found automatically")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every keyframe decision")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turncrop", description="Turntable video -> catalogue cutouts")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="segment a recording and export the best still per product")
+    _add_common(run)
+    run.add_argument("--out", required=True, type=Path, help="output folder")
+    run.add_argument("--no-progress", action="store_true")
+
+    ev = sub.add_parser("eval", help="measure masks against ground truth (J, F, J&F)")
+    _add_common(ev)
+    ev.add_argument("--gt", required=True, type=Path, help="folder of ground-truth masks, one per frame")
+    ev.add_argument("--json", type=Path, help="write the report here")
+    ev.add_argument("--compare-per-frame", action="store_true",
+                    help="also run the encoder on every frame and report both")
+
+    w = sub.add_parser("weights", help="list, fetch or verify SAM / MobileSAM checkpoints")
+    wsub = w.add_subparsers(dest="weights_command", required=True)
+    wsub.add_parser("list", help="known checkpoints and whether they are cached")
+    f = wsub.add_parser("fetch", help="download an official checkpoint into the cache")
+    f.add_argument("name")
+    f.add_argument("--dest", type=Path)
+    v = wsub.add_parser("verify", help="check a checkpoint's SHA-256 and contents")
+    v.add_argument("path", type=Path)
+    v.add_argument("--name", help="official name to check the checksum against")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "weights":
+            return _weights(args)
+        config = load_config(args.config, _overrides(args))
+        if args.command == "run":
+            return _run(args, config)
+        return _eval(args, config)
+    except (ConfigError, SourceError, WeightsError, ValueError, OSError) as exc:
+        print(f"turncrop: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, config) -> int:
+    from tqdm import tqdm
+
+    from turncrop.stream.runner import run
+
+    bar = tqdm(unit="frame", disable=args.no_progress, desc="turncrop")
+
+    def on_frame(result) -> None:
+        bar.update(1)
+        bar.set_postfix(products=len([e for e in result.events]) or None, key=int(result.keyframe), refresh=False)
+
+    try:
+        summary = run(args.source, args.out, config, on_frame=on_frame)
+    finally:
+        bar.close()
+    print(f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps), backend {summary.backend}, "
+          f"{summary.encoder_calls} encoder calls ({summary.encoder_calls / max(summary.frames, 1):.3f} per frame)")
+    for p in summary.products:
+        where = f"frame {p['frame_index']}, score {p['score']}" if p["status"] == "ok" else p["reason"]
+        print(f"  {p['product_id']}: {p['status']} ({where}) -> {', '.join(p['files'])}")
+    if not summary.products:
+        print("  no product found: does the recording open on the empty stage? Otherwise give --box.")
+    print(f"outputs in {summary.out_dir} (manifest.json)")
+    if summary.error:
+        print(f"turncrop: error: {summary.error} (products finished before it were exported)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _eval(args: argparse.Namespace, config) -> int:
+    from turncrop.stream.evaluate import evaluate, evaluate_with_baseline
+
+    report = (evaluate_with_baseline if args.compare_per_frame else evaluate)(args.source, args.gt, config)
+    rows = [("keyframes", report)]
+    if "per_frame" in report:
+        rows.append(("every frame", report["per_frame"]))
+    print(f"{'mode':<12} {'J':>7} {'F':>7} {'J&F':>7} {'frames':>7} {'enc/frame':>10} {'fps':>6}")
+    for name, r in rows:
+        print(f"{name:<12} {r['J_mean']:7.4f} {r['F_mean']:7.4f} {r['JF_mean']:7.4f} {r['frames']:7d} "
+              f"{r['encoder_calls_per_frame']:10.3f} {r['fps']:6.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from turncrop.models import weights
+
+    if args.weights_command == "list":
+        for spec in weights.list_weights():
+            cached = weights.cache_dir() / spec.filename
+            state = "cached" if cached.is_file() else "not cached"
+            print(f"{spec.name:<12} {spec.arch:<6} {state:<11} {spec.url}")
+        print(f"cache: {weights.cache_dir()}  (the default graphcut backend needs no weights)")
+        return 0
+    if args.weights_command == "fetch":
+        path = weights.fetch(args.name, dest=args.dest)
+        print(f"{args.name}: {path}")
+        return 0
+    report = weights.verify(args.path, name=args.name)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

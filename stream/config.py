@@ -1,0 +1,217 @@
+"""Run configuration: YAML presets in `configs/`, validated in one place.
+
+Each section maps onto the options dataclass of the layer that uses it; this module only checks that
+keys exist and values have the right type, then lets the dataclass check ranges. Every error names the
+file and the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from turncrop.models.graphcut import GraphCutOptions
+from turncrop.stream.export import ExportOptions
+from turncrop.tracking.keyframes import KeyframeOptions
+from turncrop.tracking.products import PipelineOptions, ProductOptions
+from turncrop.tracking.propagation import PropagationOptions
+from turncrop.tracking.stage import StageOptions
+from turncrop.tracking.stills import StillWeights
+
+PRESETS = ("default", "studio", "fast")
+BACKEND_NAMES = ("auto", "graphcut", "mobile_sam", "sam_vit_b", "sam_vit_l", "sam_vit_h")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"encoder.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """The initial prompt and the automatic ones.
+
+    box: [x0, y0, x1, y1] pixels on frame `frame`; points: [[x, y], ...] with `labels` (1 product, 0 not).
+    detector: path to an Ultralytics YOLO checkpoint used to find products when no stage model is learnt.
+    """
+
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float], ...] | None = None
+    labels: tuple[int, ...] | None = None
+    frame: int = 0
+    detector: str | None = None
+    detector_classes: tuple[int, ...] | None = None
+    detector_conf: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.box is not None and not (self.box[2] > self.box[0] and self.box[3] > self.box[1]):
+            raise ValueError(f"box must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {list(self.box)}")
+        if self.points is not None and self.labels is not None and len(self.points) != len(self.labels):
+            raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels")
+        if self.frame < 0:
+            raise ValueError(f"frame must be >= 0, got {self.frame}")
+        if not 0.0 < self.detector_conf < 1.0:
+            raise ValueError(f"detector_conf must be in (0, 1), got {self.detector_conf}")
+
+
+@dataclass(frozen=True)
+class StageSection(StageOptions):
+    enabled: bool = True  # learn the empty stage from the frames before the first product
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str = "auto"
+    checkpoint: str | None = None
+    encoder: EncoderOptions = field(default_factory=EncoderOptions)
+    graphcut: GraphCutOptions = field(default_factory=GraphCutOptions)
+    prompt: PromptOptions = field(default_factory=PromptOptions)
+    stage: StageSection = field(default_factory=StageSection)
+    keyframes: KeyframeOptions = field(default_factory=KeyframeOptions)
+    propagation: PropagationOptions = field(default_factory=PropagationOptions)
+    products: ProductOptions = field(default_factory=ProductOptions)
+    stills: StillWeights = field(default_factory=StillWeights)
+    export: ExportOptions = field(default_factory=ExportOptions)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}, got {self.backend!r}")
+
+    def pipeline_options(self) -> PipelineOptions:
+        stage = {f.name: getattr(self.stage, f.name) for f in dataclasses.fields(StageOptions)}
+        return PipelineOptions(
+            stage=StageOptions(**stage), use_stage=self.stage.enabled, keyframes=self.keyframes,
+            propagation=self.propagation, products=self.products, stills=self.stills,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a preset name ('default', 'studio', 'fast') or a YAML file, apply dotted `overrides`.
+
+    A file may start from a preset with `preset: NAME`; its own keys then replace the preset's.
+    """
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        data, where = _read(path)
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return _build(Config, data, where, "")
+
+
+def _read(path: str | Path) -> tuple[dict[str, Any], str]:
+    if str(path) in PRESETS:
+        text = resources.files("turncrop.configs").joinpath(f"{path}.yaml").read_text()
+        where = f"preset {path!r}"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist (presets: {', '.join(PRESETS)})")
+        text, where = p.read_text(), str(p)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping, got {type(data).__name__}")
+    base = data.pop("preset", None)
+    if base is not None:
+        if base not in PRESETS:
+            raise ConfigError(f"{where}: preset must be one of {', '.join(PRESETS)}, got {base!r}")
+        parent, _ = _read(base)
+        data = _merge(parent, data)
+    return data, where
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if not isinstance(data.get(part), dict):  # an empty section (`prompt:`) reads as None
+            data[part] = {}
+        data = data[part]
+    data[leaf] = value
+
+
+def _build(cls: type, data: Any, where: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {prefix}{unknown[0]} (valid keys: {', '.join(names)})")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, where, f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
+    """Check `value` against a type hint; convert lists to tuples and ints to floats where declared."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, f"{key}.")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{where}: {key}: unexpected value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: {key} must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, where, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: {key}: unsupported setting type {hint}")  # a programming error, not the user's

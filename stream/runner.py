@@ -1,0 +1,173 @@
+"""Replay a recorded session (file or image folder) through the pipeline and export each product's still.
+
+Products are exported the moment they end, so a failure later in the source never loses them; the
+manifest is rewritten after every product and once more at the end.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from turncrop.models.base import Segmenter
+from turncrop.models.registry import build_segmenter
+from turncrop.stream.config import Config
+from turncrop.stream.export import export_still, write_manifest, write_no_still_record
+from turncrop.stream.sources import FrameSource, SourceError, open_source
+from turncrop.tracking.products import (
+    FrameResult,
+    InitialPrompt,
+    ProductEnded,
+    ProductPipeline,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    source: str
+    out_dir: Path
+    backend: str
+    frames: int = 0
+    encoder_calls: int = 0
+    seconds: float = 0.0
+    products: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "backend": self.backend,
+            "frames": self.frames,
+            "encoder_calls": self.encoder_calls,
+            "encoder_calls_per_frame": round(self.encoder_calls / max(self.frames, 1), 4),
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 3),
+            "products": self.products,
+            "error": self.error,
+        }
+
+
+def build_pipeline(config: Config, segmenter: Segmenter | None = None, frame_rate: float = 30.0) -> ProductPipeline:
+    """The pipeline a config describes (the segmenter is built from it unless one is given)."""
+    if segmenter is None:
+        segmenter = build_segmenter(
+            config.backend, checkpoint=config.checkpoint, precision=config.encoder.precision,
+            channels_last=config.encoder.channels_last, compile=config.encoder.compile,
+            graphcut=config.graphcut,
+        )
+    return ProductPipeline(segmenter, config.pipeline_options(), prompt=initial_prompt(config),
+                           detector=_detector(config), frame_rate=frame_rate)
+
+
+def initial_prompt(config: Config) -> InitialPrompt | None:
+    p = config.prompt
+    if p.box is None and p.points is None:
+        return None
+    points = labels = None
+    if p.points is not None:
+        points = np.asarray(p.points, np.float32)
+        labels = np.asarray(p.labels if p.labels is not None else [1] * len(points), np.int64)
+    box = np.asarray(p.box, np.float32) if p.box is not None else None
+    return InitialPrompt(frame_index=p.frame, box=box, points=points, point_labels=labels)
+
+
+def _detector(config: Config):
+    if config.prompt.detector is None:
+        return None
+    from turncrop.models.detector import YoloDetector
+
+    yolo = YoloDetector(Path(config.prompt.detector), classes=list(config.prompt.detector_classes or []) or None,
+                        conf=config.prompt.detector_conf)
+    return yolo.detect
+
+
+def segment(source: FrameSource, pipeline: ProductPipeline) -> Iterator[FrameResult]:
+    """Run every frame of `source` through `pipeline`; the last result carries the end-of-source events."""
+    last: FrameResult | None = None
+    for frame in source:
+        if last is not None:
+            yield last
+        last = pipeline.process(frame)
+    if last is not None:
+        last.events.extend(pipeline.finish(last.frame.index))
+        yield last
+
+
+def run(source_path: str | Path, out_dir: str | Path, config: Config, *,
+        on_frame: Callable[[FrameResult], None] | None = None) -> RunSummary:
+    """Process a recording end to end: segment, pick stills, export them and the manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open_source(source_path) as source:
+        pipeline = build_pipeline(config, frame_rate=source.fps or 30.0)
+        summary = RunSummary(source=str(source_path), out_dir=out, backend=pipeline.segmenter.name)
+        manifest = _manifest_head(summary, config, source)
+        try:
+            for result in segment(source, pipeline):
+                summary.frames += 1
+                for event in result.events:
+                    if isinstance(event, ProductEnded) and not event.transient:
+                        summary.products.append(_export(out, event, summary.backend, str(source_path), config))
+                        _write_manifest(out, manifest, summary, pipeline, started)
+                if on_frame is not None:
+                    on_frame(result)
+        except SourceError as exc:
+            # Keep what was produced: close the product on stage, export it, and report the error.
+            summary.error = str(exc)
+            log.error("%s", exc)
+            for event in pipeline.finish(summary.frames - 1):
+                if isinstance(event, ProductEnded) and not event.transient:
+                    summary.products.append(_export(out, event, summary.backend, str(source_path), config))
+        _write_manifest(out, manifest, summary, pipeline, started)
+    return summary
+
+
+def _export(out: Path, event: ProductEnded, backend: str, source: str, config: Config) -> dict:
+    product = event.product
+    meta = {"backend": backend, "ended": event.reason, "keyframes": product.statistics()}
+    best = product.pool.best()
+    if best is None:
+        reason = "no frame had a usable mask"
+    elif best.score.total < config.products.min_still_score:
+        reason = (f"best still scored {best.score.total:.3f}, below products.min_still_score "
+                  f"{config.products.min_still_score}")
+        meta["best_rejected"] = {"frame_index": best.frame_index, "scores": best.score.as_dict()}
+    else:
+        record = export_still(out, product.product_id, best, meta, config.export)
+        return {"product_id": product.product_id, "status": "ok", "frame_index": best.frame_index,
+                "score": round(best.score.total, 4), "files": [record.png.name, record.jpg.name, record.sidecar.name],
+                **product.statistics()}
+    meta["source"] = source
+    path = write_no_still_record(out, product.product_id, reason, meta)
+    log.warning("%s: no still exported: %s", product.product_id, reason)
+    return {"product_id": product.product_id, "status": "no_still", "reason": reason, "files": [path.name],
+            **product.statistics()}
+
+
+def _manifest_head(summary: RunSummary, config: Config, source: FrameSource) -> dict:
+    return {
+        "tool": "turncrop",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"path": summary.source, "fps": source.fps, "frame_count": source.frame_count,
+                   "size": list(source.size) if source.size else None},
+        "backend": summary.backend,
+        "config": config.to_dict(),
+    }
+
+
+def _write_manifest(out: Path, head: dict, summary: RunSummary, pipeline: ProductPipeline, started: float) -> None:
+    summary.encoder_calls = getattr(pipeline.segmenter, "encode_calls", pipeline.policy.keyframes)
+    summary.seconds = time.perf_counter() - started
+    write_manifest(out, {**head, **summary.as_dict(), "keyframe_reasons": dict(pipeline.policy.reasons)})

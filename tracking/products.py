@@ -1,0 +1,343 @@
+"""Products on the stage: when one starts and ends, its mask in every frame, its best still candidates.
+
+A product is one object on the stage from its appearance until the stage is empty again, or until another
+object takes its place. It is found by one of three prompts, checked in this order:
+  1. an explicit prompt (box and/or points) for a given frame, e.g. from the command line;
+  2. the empty-stage model: frames before any product teach it the backdrop, and a blob unlike the
+     backdrop is a product;
+  3. an object detector, when one is configured.
+Boxes get ids from ByteTrack; the mask of every frame comes from `MaskTracker`.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import supervision as sv
+
+from turncrop.models.base import Segmenter
+from turncrop.tracking.boxes import BoxTracker
+from turncrop.tracking.frame import Frame
+from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
+from turncrop.tracking.masktrack import MaskResult, MaskTracker
+from turncrop.tracking.propagation import FlowPropagator, PropagationOptions
+from turncrop.tracking.stage import StageModel, StageOptions
+from turncrop.tracking.stills import CandidatePool, StillScore, StillWeights, score_still
+
+log = logging.getLogger(__name__)
+
+Detector = Callable[[np.ndarray], sv.Detections]
+
+
+@dataclass(frozen=True)
+class InitialPrompt:
+    """The operator's prompt for the product visible at `frame_index`.
+
+    Attributes:
+      box: (4,) XYXY pixels or None.  points: (N, 2) pixels or None, labels (N,) 1 = product, 0 = not.
+    """
+
+    frame_index: int = 0
+    box: np.ndarray | None = None
+    points: np.ndarray | None = None
+    point_labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.box is None and self.points is None:
+            raise ValueError("an initial prompt needs a box or points")
+        if self.frame_index < 0:
+            raise ValueError(f"the initial prompt's frame must be >= 0, got {self.frame_index}")
+
+
+@dataclass(frozen=True)
+class ProductOptions:
+    min_frames: int = 5  # a product seen for fewer frames was a transient (a hand, a flicker)
+    end_frames: int = 3  # consecutive frames without the product that end it
+    candidates: int = 8  # best stills kept per product
+    min_still_score: float = 0.35  # a best still below this is not exported; the product gets a record
+    same_product_iou: float = 0.3  # a new track overlapping the product this much is the same product
+    track_buffer: int = 15  # frames ByteTrack keeps a lost box
+
+    def __post_init__(self) -> None:
+        for name in ("min_frames", "end_frames", "candidates", "track_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"products.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("min_still_score", "same_product_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"products.{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Everything time-related, grouped by stage. Validation lives in each part's own dataclass."""
+
+    stage: StageOptions = field(default_factory=StageOptions)
+    use_stage: bool = True  # learn the empty stage from the frames before the first product
+    keyframes: KeyframeOptions = field(default_factory=KeyframeOptions)
+    propagation: PropagationOptions = field(default_factory=PropagationOptions)
+    products: ProductOptions = field(default_factory=ProductOptions)
+    stills: StillWeights = field(default_factory=StillWeights)
+
+
+@dataclass
+class Product:
+    """One product's life on the stage and what was learnt about it."""
+
+    number: int
+    first_frame: int
+    first_timestamp: float
+    pool: CandidatePool
+    last_frame: int = -1
+    last_timestamp: float = 0.0
+    frames: int = 0
+    keyframes: int = 0
+    keyframe_reasons: Counter = field(default_factory=Counter)
+    track_id: int | None = None
+    box: np.ndarray | None = None
+    missing: int = 0
+
+    @property
+    def product_id(self) -> str:
+        return f"product-{self.number:03d}"
+
+    def statistics(self) -> dict:
+        return {
+            "first_frame": self.first_frame,
+            "last_frame": self.last_frame,
+            "first_timestamp": round(self.first_timestamp, 6),
+            "last_timestamp": round(self.last_timestamp, 6),
+            "frames": self.frames,
+            "encoder_calls": self.keyframes,
+            "encoder_calls_per_frame": round(self.keyframes / max(self.frames, 1), 4),
+            "keyframe_reasons": dict(self.keyframe_reasons),
+        }
+
+
+@dataclass(frozen=True)
+class ProductStarted:
+    product: Product
+    frame_index: int
+
+
+@dataclass(frozen=True)
+class ProductEnded:
+    """A product left the stage (or the source ended). `transient` ones are too short to be products."""
+
+    product: Product
+    frame_index: int
+    reason: str
+    transient: bool
+
+
+@dataclass
+class FrameResult:
+    """What the pipeline made of one frame.
+
+    Attributes:
+      detections: the product's mask as `sv.Detections` (0 or 1 rows): xyxy, mask (1, H, W), confidence
+        (the mask score), tracker_id (product number), data["keyframe"], data["reason"].
+      alpha: (H, W) float32 soft alpha of the product, or None.
+      still: this frame's still score, or None.
+      events: ProductStarted / ProductEnded that happened at this frame.
+    """
+
+    frame: Frame
+    detections: sv.Detections
+    alpha: np.ndarray | None = None
+    mask_result: MaskResult | None = None
+    still: StillScore | None = None
+    events: list = field(default_factory=list)
+
+    @property
+    def keyframe(self) -> bool:
+        return self.mask_result is not None and self.mask_result.keyframe
+
+
+class ProductPipeline:
+    """Frame in, product masks and product events out. One instance per stream; not thread-safe."""
+
+    def __init__(self, segmenter: Segmenter, options: PipelineOptions | None = None, *,
+                 prompt: InitialPrompt | None = None, detector: Detector | None = None,
+                 frame_rate: float = 30.0) -> None:
+        self.options = options or PipelineOptions()
+        self.segmenter = segmenter
+        self.prompt = prompt
+        self.detector = detector
+        self.stage = StageModel(self.options.stage) if self.options.use_stage else None
+        self.policy = KeyframePolicy(self.options.keyframes)
+        self.masks = MaskTracker(segmenter, self.policy, FlowPropagator(self.options.propagation))
+        self.boxes = BoxTracker(frame_rate, lost_track_buffer=self.options.products.track_buffer)
+        self.product: Product | None = None
+        self.products_started = 0
+        self.frames_seen = 0
+
+    def process(self, frame: Frame) -> FrameResult:
+        self.frames_seen += 1
+        events: list = []
+        detections = self._detect(frame)
+        if self.product is not None and self._product_gone(frame, detections, events):
+            self._end(frame, "left the stage", events)
+        if self.product is None:
+            start = self._find_start(frame, detections)
+            if start is None:
+                self._learn_empty(frame)
+                return FrameResult(frame, sv.Detections.empty(), events=events)
+            self._begin(frame, events)
+            return self._segment(frame, start, events, initial=True)
+        return self._segment(frame, self._track(frame, detections), events, initial=False)
+
+    def finish(self, frame_index: int) -> list:
+        """The source ended: close the product on the stage, if any."""
+        events: list = []
+        if self.product is not None:
+            self._end_at(frame_index, "source ended", events)
+        return events
+
+    # -- finding products ------------------------------------------------------------------------
+
+    def _detect(self, frame: Frame) -> sv.Detections:
+        """Candidate product boxes in this frame from the stage model or the detector (maybe none)."""
+        if self.stage is not None and self.stage.ready:
+            boxes, areas = self.stage.product_boxes(frame.image)
+            return sv.Detections(xyxy=boxes, confidence=np.ones(len(boxes), np.float32),
+                                 data={"area": areas})
+        if self.detector is not None:
+            return self.detector(frame.image)
+        return sv.Detections.empty()
+
+    def _find_start(self, frame: Frame, detections: sv.Detections) -> dict | None:
+        p = self.prompt
+        if p is not None and frame.index == p.frame_index and self.products_started == 0:
+            return {"box": p.box, "points": p.points, "point_labels": p.point_labels}
+        if p is not None and self.products_started == 0 and frame.index < p.frame_index:
+            return None  # waiting for the operator's frame; these frames teach the stage
+        if len(detections):
+            tracked = self.boxes.update(detections[:1], frame.timestamp)
+            box = tracked.data["track_xyxy"][0] if len(tracked) else detections.xyxy[0]
+            return {"box": np.asarray(box, np.float32), "track_id": _first_id(tracked)}
+        return None
+
+    def _learn_empty(self, frame: Frame) -> None:
+        if self.stage is None:
+            return
+        if not self.stage.ready:
+            self.stage.learn_empty(frame.image)
+        else:
+            self.stage.adapt(frame.image, np.ones(frame.size, bool))
+
+    def _track(self, frame: Frame, detections: sv.Detections) -> dict:
+        """This frame's prompt for the product on stage: its tracked box when something was detected."""
+        product = self.product
+        if not self._detecting:
+            # Only the product's own masks feed its track: prompt with the Kalman prediction, which a
+            # one-frame leak into the background cannot drag along the way the mask's own box would.
+            predicted = self.boxes.predict(frame.timestamp)
+            return {"box": np.asarray(predicted.xyxy[0], np.float32) if len(predicted) else None}
+        if not len(detections):
+            return {"box": None}
+        tracked = self.boxes.update(detections, frame.timestamp)
+        if not len(tracked):
+            return {"box": None}
+        # The product is the tracked box overlapping its last box most.
+        ious = sv.box_iou_batch(product.box[None], tracked.data["track_xyxy"])[0] if product.box is not None \
+            else np.ones(len(tracked))
+        best = int(np.argmax(ious))
+        track_id = int(tracked.tracker_id[best])
+        box = np.asarray(tracked.xyxy[best], np.float32)
+        new_track = product.track_id is not None and track_id != product.track_id
+        product.track_id = track_id
+        return {"box": box, "new_track": new_track, "overlap": float(ious[best])}
+
+    @property
+    def _detecting(self) -> bool:
+        """Whether products are seen independently of their masks (stage model or detector)."""
+        return (self.stage is not None and self.stage.ready) or self.detector is not None
+
+    def _product_gone(self, frame: Frame, detections: sv.Detections, events: list) -> bool:
+        product = self.product
+        if self._detecting:
+            product.missing = 0 if len(detections) else product.missing + 1
+        return product.missing >= self.options.products.end_frames
+
+    # -- segmenting ------------------------------------------------------------------------------------
+
+    def _segment(self, frame: Frame, prompt: dict, events: list, initial: bool) -> FrameResult:
+        product = self.product
+        evidence = self.stage.log_odds(frame.image) if self.stage is not None and self.stage.ready else None
+        if not initial and prompt.get("new_track") and prompt.get("overlap", 1.0) < self.options.products.same_product_iou:
+            self._end(frame, "another product took the stage", events)
+            self._begin(frame, events)
+            initial = True
+        result = self.masks.step(
+            frame, prompt.get("box"), evidence=evidence,
+            points=prompt.get("points"), point_labels=prompt.get("point_labels"),
+            new_track=bool(prompt.get("new_track")) and not initial,
+        )
+        mask, alpha = result.mask, None
+        if evidence is not None and mask.any():
+            mask, alpha = self.stage.matte(frame.image, mask)
+            self.stage.adapt(frame.image, evidence < -self.options.stage.evidence_clip / 2)
+        product.frames += 1
+        product.last_frame, product.last_timestamp = frame.index, frame.timestamp
+        if result.keyframe:
+            product.keyframes += 1
+            product.keyframe_reasons[result.reason] += 1
+        if not mask.any():
+            if not self._detecting:
+                product.missing += 1  # without a detector an empty mask is the only sign it left
+            return FrameResult(frame, sv.Detections.empty(), mask_result=result, events=events)
+        if not self._detecting:
+            product.missing = 0
+        box = _mask_box(mask)
+        product.box = box
+        if not self._detecting:
+            # No detector: the mask's own box keeps the product's track (and id) alive.
+            self.boxes.update(sv.Detections(xyxy=box[None], confidence=np.ones(1, np.float32)), frame.timestamp)
+        still = score_still(frame.image, mask, confidence=result.score, stability=result.stability,
+                            prior_agreement=result.agreement, weights=self.options.stills)
+        product.pool.offer(frame, mask, still, alpha=alpha)
+        detections = sv.Detections(
+            xyxy=box[None], mask=mask[None], confidence=np.array([result.score], np.float32),
+            tracker_id=np.array([product.number]),
+            data={"keyframe": np.array([result.keyframe]), "reason": np.array([result.reason])},
+        )
+        return FrameResult(frame, detections, alpha=alpha, mask_result=result, still=still, events=events)
+
+    # -- product life ------------------------------------------------------------------------------------
+
+    def _begin(self, frame: Frame, events: list) -> None:
+        self.products_started += 1
+        self.product = Product(
+            number=self.products_started, first_frame=frame.index, first_timestamp=frame.timestamp,
+            pool=CandidatePool(self.options.products.candidates),
+        )
+        self.masks.reset()
+        log.info("%s started at frame %d", self.product.product_id, frame.index)
+        events.append(ProductStarted(self.product, frame.index))
+
+    def _end(self, frame: Frame, reason: str, events: list) -> None:
+        self._end_at(frame.index, reason, events)
+
+    def _end_at(self, frame_index: int, reason: str, events: list) -> None:
+        product = self.product
+        transient = product.frames < self.options.products.min_frames
+        log.info("%s ended at frame %d: %s%s", product.product_id, frame_index, reason,
+                 " (transient, ignored)" if transient else "")
+        events.append(ProductEnded(product, frame_index, reason, transient))
+        if transient:
+            self.products_started -= 1
+        self.product = None
+        self.masks.reset()
+        self.boxes.reset()
+
+
+def _first_id(tracked: sv.Detections) -> int | None:
+    return int(tracked.tracker_id[0]) if len(tracked) else None
+
+
+def _mask_box(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
