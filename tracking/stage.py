@@ -23,12 +23,13 @@ class StageOptions:
 
     warmup_frames: int = 8  # empty frames averaged before the stage is trusted
     noise_floor: float = 2.0  # minimum per-pixel noise std, in 8-bit levels (compression, quantisation)
-    threshold: float = 5.0  # residual (in noise std) at which a pixel is as likely product as backdrop
+    threshold: float = 6.0  # residual (in noise std) at which a pixel is as likely product as backdrop
     evidence_scale: float = 1.0  # log-odds per noise std beyond the threshold
     evidence_clip: float = 8.0
-    shadow_min: float = 0.3  # darkest backdrop brightness ratio still explained as a shadow
+    shadow_min: float = 0.5  # darkest backdrop brightness ratio explained as a shadow (fill light keeps shadows above half)
     shadow_cost: float = 2.0  # residual (noise std) charged for the deepest allowed shadow
     shadow_texture: float = 1.0  # residual charged per noise std of brightness-ratio texture
+    shadow_doubt: float = 4.0  # strongest background log-odds a shadow-like pixel gets
     min_area: float = 0.002  # smallest product, as a fraction of the frame
     adapt_rate: float = 0.02  # how fast backdrop pixels far from the product follow lighting drift
 
@@ -39,7 +40,7 @@ class StageOptions:
             raise ValueError(f"stage.shadow_min must be in (0, 1), got {self.shadow_min}")
         if not 0.0 <= self.adapt_rate < 1.0:
             raise ValueError(f"stage.adapt_rate must be in [0, 1), got {self.adapt_rate}")
-        for name in ("noise_floor", "threshold", "evidence_scale", "evidence_clip", "min_area"):
+        for name in ("noise_floor", "threshold", "evidence_scale", "evidence_clip", "min_area", "shadow_doubt"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"stage.{name} must be > 0, got {getattr(self, name)}")
 
@@ -76,13 +77,14 @@ class StageModel:
         self._m2 += delta * (x - self._mean)
         self._sigma = None
 
-    def adapt(self, image: np.ndarray, background: np.ndarray) -> None:
-        """Follow slow lighting drift on pixels known to be backdrop ((H, W) bool) while a product is on."""
+    def adapt(self, image: np.ndarray) -> None:
+        """Follow slow lighting drift with a frame known to show the empty stage.
+
+        Never called while a product is on: its moving shadow would be learnt as backdrop.
+        """
         if not self.ready:
             return
-        rate = self.options.adapt_rate
-        x = image.astype(np.float32)
-        self._mean[background] += rate * (x[background] - self._mean[background])
+        self._mean += self.options.adapt_rate * (image.astype(np.float32) - self._mean)
 
     def log_odds(self, image: np.ndarray) -> np.ndarray:
         """(H, W) float32 log-odds that each pixel is not backdrop (positive = product)."""
@@ -100,13 +102,20 @@ class StageModel:
         ratio = np.clip(raw_ratio, o.shadow_min, 1.0)
         plain = np.sqrt(((x - b) ** 2).sum(-1)) / sigma
         shaded = np.sqrt(((x - ratio[..., None] * b) ** 2).sum(-1)) / sigma
-        # Local standard deviation of the ratio, in noise units of this pixel's backdrop brightness.
-        mean = cv2.blur(raw_ratio, (5, 5))
-        texture = np.sqrt(np.maximum(cv2.blur(raw_ratio * raw_ratio, (5, 5)) - mean * mean, 0.0))
-        texture *= np.sqrt(bb) / sigma
+        # Texture: fine-scale (high-pass) energy of the brightness ratio, in noise units of this pixel's
+        # backdrop. A penumbra is a smooth ramp without detail; a mesh or a print has plenty. The ratio
+        # is clipped to the shadow range so a dark cable lying in its own contact shadow does not count
+        # as detail of the shadow. A sharp contact-shadow edge still has some: that is why it is charged
+        # at one noise std per std of detail and no more.
+        clipped = np.clip(raw_ratio, o.shadow_min, 1.0)
+        detail = clipped - cv2.GaussianBlur(clipped, (0, 0), 1.0)
+        texture = np.sqrt(cv2.blur(detail * detail, (3, 3))) * np.sqrt(bb) / sigma
         shaded += o.shadow_cost * (1.0 - ratio) / (1.0 - o.shadow_min) + o.shadow_texture * texture
-        residual = np.minimum(plain, shaded)
-        evidence = o.evidence_scale * (residual - o.threshold)
+        # Only the backdrop itself is sure background. A shadow could as well be a smooth grey product:
+        # that explanation leaves a doubt, which the segmenter's colour models and edges settle.
+        as_backdrop = o.evidence_scale * (plain - o.threshold)
+        as_shadow = np.maximum(o.evidence_scale * (shaded - o.threshold), -o.shadow_doubt)
+        evidence = np.minimum(as_backdrop, as_shadow)
         return np.clip(evidence, -o.evidence_clip, o.evidence_clip).astype(np.float32)
 
     def foreground(self, image: np.ndarray) -> np.ndarray:
@@ -118,21 +127,23 @@ class StageModel:
     def product_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes of foreground blobs large enough to be a product.
 
-        Returns (xyxy (N, 4) float32, area fraction (N,) float32), largest first. Nearby pieces of one
-        product (a cable, a tripod leg) are merged by closing before the components are labelled.
+        Returns (xyxy (N, 4) float32, area fraction (N,) float32), largest first. Pieces closer than
+        4 % of the frame's larger side (a cable loop, a tripod foot, a textured surface that is only
+        partly unlike the backdrop) are one product; each box is tight around its own pixels.
         """
         fg = self.foreground(image).astype(np.uint8)
         h, w = fg.shape
-        k = max(3, int(round(0.02 * max(h, w))) | 1)
-        joined = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+        k = max(3, int(round(0.04 * max(h, w))) | 1)
+        grouped = cv2.dilate(fg, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        n, labels = cv2.connectedComponents(grouped, connectivity=8)
+        labels = np.where(fg > 0, labels, 0)
         boxes, areas = [], []
         for i in range(1, n):
-            area = float(fg[labels == i].sum()) / (h * w)
+            ys, xs = np.nonzero(labels == i)
+            area = len(xs) / (h * w)
             if area < self.options.min_area:
                 continue
-            x, y, bw, bh = stats[i, :4]
-            boxes.append([x, y, x + bw, y + bh])
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             areas.append(area)
         order = np.argsort(areas)[::-1]
         return (
@@ -140,27 +151,40 @@ class StageModel:
             np.asarray(areas, np.float32)[order],
         )
 
-    def matte(self, image: np.ndarray, mask: np.ndarray, band: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    def matte(self, image: np.ndarray, mask: np.ndarray, evidence: np.ndarray | None = None,
+              band: int = 2) -> tuple[np.ndarray, np.ndarray]:
         """Refine a mask's edge to the 50 % coverage line using the known backdrop (difference matting).
 
-        Edge pixels mix product colour F and backdrop B: I = a F + (1 - a) B. B is the stage, F is taken
-        from nearby interior pixels of the mask, and a = (I - B).(F - B) / |F - B|^2. A mask that only
-        asks "unlike the backdrop?" grows by the anti-aliased rim; thresholding a at 0.5 removes that bias.
+        Edge pixels mix product colour F and backdrop B: I = a F + (1 - a) B, so
+        a = (I - B).(F - B) / |F - B|^2. F is taken from nearby interior pixels of the mask. B is the stage
+        as shaded right there: the plate times the brightness ratio of nearby pixels outside the mask,
+        because the product's own contact shadow darkens exactly the backdrop beside its edges. A mask
+        that only asks "unlike the backdrop?" grows by the anti-aliased rim; a >= 0.5 removes that bias.
 
+        Args:
+          evidence: this frame's `log_odds` if already computed.
         Returns (mask (H, W) bool, alpha (H, W) float32 in [0, 1]); pixels farther than `band` from the
         edge, or whose product colour is too close to the backdrop to solve for, keep the input label.
         """
+        if evidence is None:
+            evidence = self.log_odds(image)
         m = mask.astype(np.uint8)
         kernel = np.ones((3, 3), np.uint8)
         # Only the outer outline is matted: holes inside the mask (a grille's mesh) keep their label.
-        inner = cv2.erode(_fill_holes(m), kernel, iterations=band)
+        filled = _fill_holes(m)
+        inner = cv2.erode(filled, kernel, iterations=band)
         rim = cv2.dilate(m, kernel, iterations=band) > inner
         x = image.astype(np.float32)
-        b = self._mean
         # Interior colour: eroded mask, plus the centres of structures too thin to survive erosion.
-        core = (inner > 0) | (mask & (self.log_odds(image) >= self.options.evidence_clip))
+        core = (inner > 0) | (mask & (evidence >= self.options.evidence_clip))
         weight = cv2.blur(core.astype(np.float32), (9, 9))
         fg = cv2.blur(x * core[..., None], (9, 9)) / np.maximum(weight, 1e-6)[..., None]
+        # Local shading of the backdrop, from pixels just outside the rim.
+        outside = (cv2.dilate(filled, kernel, iterations=band + 1) == 0).astype(np.float32)
+        ratio = (x * self._mean).sum(-1) / np.maximum((self._mean * self._mean).sum(-1), 1.0)
+        near = cv2.blur(outside, (9, 9))
+        shade = np.where(near > 0.01, cv2.blur(ratio * outside, (9, 9)) / np.maximum(near, 1e-6), 1.0)
+        b = self._mean * np.minimum(shade, 1.0)[..., None]
         d = fg - b
         dd = (d * d).sum(-1)
         alpha = np.clip(((x - b) * d).sum(-1) / np.maximum(dd, 1e-6), 0.0, 1.0)
