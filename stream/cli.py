@@ -101,17 +101,25 @@ def _run(args: argparse.Namespace, config) -> int:
     from tqdm import tqdm
 
     from turncrop.stream.runner import run
+    from turncrop.tracking.products import ProductEnded
 
-    bar = tqdm(unit="frame", disable=args.no_progress, desc="turncrop")
+    total = {"products": 0, "keyframes": 0}
+    bar: tqdm | None = None
 
     def on_frame(result) -> None:
+        nonlocal bar
+        if bar is None:  # opened on the first frame, so that a bad source prints only its error
+            bar = tqdm(unit="frame", disable=args.no_progress, desc="turncrop")
+        total["keyframes"] += int(result.keyframe)
+        total["products"] += sum(isinstance(e, ProductEnded) and not e.transient for e in result.events)
+        bar.set_postfix(total, refresh=False)
         bar.update(1)
-        bar.set_postfix(products=len([e for e in result.events]) or None, key=int(result.keyframe), refresh=False)
 
     try:
         summary = run(args.source, args.out, config, on_frame=on_frame)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     print(f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps), backend {summary.backend}, "
           f"{summary.encoder_calls} encoder calls ({summary.encoder_calls / max(summary.frames, 1):.3f} per frame)")
     for p in summary.products:

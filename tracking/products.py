@@ -186,6 +186,7 @@ class ProductPipeline:
                 self._learn_empty(frame)
                 return FrameResult(frame, sv.Detections.empty(), events=events)
             self._begin(frame, events)
+            self.product.track_id = start.get("track_id")
             return self._segment(frame, start, events, initial=True)
         return self._segment(frame, self._track(frame, detections), events, initial=False)
 
@@ -241,15 +242,19 @@ class ProductPipeline:
         tracked = self.boxes.update(detections, frame.timestamp)
         if not len(tracked):
             return {"box": None}
-        # The product is the tracked box overlapping its last box most.
+        ids = [int(i) for i in tracked.tracker_id]
+        if product.track_id in ids:
+            row = ids.index(product.track_id)
+            return {"box": np.asarray(tracked.xyxy[row], np.float32)}
+        # The product's track is gone: the track overlapping its last box most is either the same
+        # product under a new id (re-key) or another product (the caller decides by the overlap).
         ious = sv.box_iou_batch(product.box[None], tracked.data["track_xyxy"])[0] if product.box is not None \
             else np.ones(len(tracked))
-        best = int(np.argmax(ious))
-        track_id = int(tracked.tracker_id[best])
-        box = np.asarray(tracked.xyxy[best], np.float32)
-        new_track = product.track_id is not None and track_id != product.track_id
-        product.track_id = track_id
-        return {"box": box, "new_track": new_track, "overlap": float(ious[best])}
+        row = int(np.argmax(ious))
+        new_track = product.track_id is not None
+        product.track_id = ids[row]
+        return {"box": np.asarray(tracked.xyxy[row], np.float32), "new_track": new_track,
+                "overlap": float(ious[row])}
 
     @property
     def _detecting(self) -> bool:
