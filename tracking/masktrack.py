@@ -52,7 +52,6 @@ class MaskTracker:
         self._embedding: Embedding | None = None
         self._prev_grey: np.ndarray | None = None
         self._prev_mask: np.ndarray | None = None
-        self._key_centre: np.ndarray | None = None
         self._drift = np.zeros(2, np.float32)
 
     @property
@@ -60,7 +59,7 @@ class MaskTracker:
         return self._prev_mask is not None
 
     def reset(self) -> None:
-        self._embedding = self._prev_grey = self._prev_mask = self._key_centre = None
+        self._embedding = self._prev_grey = self._prev_mask = None
         self._drift[:] = 0
         self.policy.reset()
 
@@ -84,10 +83,10 @@ class MaskTracker:
             prior = self.propagator.prior_logits(propagated)
             self._drift += m.shift
             if box is None and propagated.any():
-                box = _mask_box(propagated)
+                box = mask_box(propagated)
         if box is None and prior is None and points is None:
             raise ValueError(f"frame {frame.index}: nothing to segment from (no box, no points, no prior mask)")
-        if box is not None and self._key_centre is not None:
+        if box is not None and self._embedding is not None:
             size = max(float(box[2] - box[0]), float(box[3] - box[1]), 1.0)
             motion = float(np.hypot(*self._drift)) / size
         dense = prior
@@ -105,8 +104,7 @@ class MaskTracker:
             if verdict.keyframe:
                 result = self._keyframe(frame, prompt, propagated, verdict)
         self._prev_grey, self._prev_mask = grey, result.mask
-        if result.keyframe and result.mask.any():
-            self._key_centre = _centre(_mask_box(result.mask))
+        if result.keyframe:
             self._drift[:] = 0
         return result
 
@@ -142,10 +140,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union if union else 1.0
 
 
-def _mask_box(mask: np.ndarray) -> np.ndarray:
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool with at least one pixel -> (4,) float32 XYXY box, x1/y1 exclusive."""
     ys, xs = np.nonzero(mask)
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
-
-
-def _centre(box: np.ndarray) -> np.ndarray:
-    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], np.float32)

@@ -22,7 +22,7 @@ from turncrop.models.base import Segmenter
 from turncrop.tracking.boxes import BoxTracker
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
-from turncrop.tracking.masktrack import MaskResult, MaskTracker
+from turncrop.tracking.masktrack import MaskResult, MaskTracker, mask_box
 from turncrop.tracking.propagation import FlowPropagator, PropagationOptions
 from turncrop.tracking.stage import StageModel, StageOptions
 from turncrop.tracking.stills import CandidatePool, StillScore, StillWeights, score_still
@@ -177,9 +177,12 @@ class ProductPipeline:
     def process(self, frame: Frame) -> FrameResult:
         self.frames_seen += 1
         events: list = []
-        detections = self._detect(frame)
-        if self.product is not None and self._product_gone(frame, detections, events):
-            self._end(frame, "left the stage", events)
+        if self._warming_up(frame):
+            return FrameResult(frame, sv.Detections.empty(), events=events)
+        evidence = self.stage.log_odds(frame.image) if self.stage is not None and self.stage.ready else None
+        detections = self._detect(frame, evidence)
+        if self.product is not None and self._product_gone(detections):
+            self._end(frame.index, "left the stage", events)
         if self.product is None:
             start = self._find_start(frame, detections)
             if start is None:
@@ -187,22 +190,22 @@ class ProductPipeline:
                 return FrameResult(frame, sv.Detections.empty(), events=events)
             self._begin(frame, events)
             self.product.track_id = start.get("track_id")
-            return self._segment(frame, start, events, initial=True)
-        return self._segment(frame, self._track(frame, detections), events, initial=False)
+            return self._segment(frame, evidence, start, events, initial=True)
+        return self._segment(frame, evidence, self._track(frame, detections), events, initial=False)
 
     def finish(self, frame_index: int) -> list:
         """The source ended: close the product on the stage, if any."""
         events: list = []
         if self.product is not None:
-            self._end_at(frame_index, "source ended", events)
+            self._end(frame_index, "source ended", events)
         return events
 
     # -- finding products ------------------------------------------------------------------------
 
-    def _detect(self, frame: Frame) -> sv.Detections:
+    def _detect(self, frame: Frame, evidence: np.ndarray | None) -> sv.Detections:
         """Candidate product boxes in this frame from the stage model or the detector (maybe none)."""
-        if self.stage is not None and self.stage.ready:
-            boxes, areas = self.stage.product_boxes(frame.image)
+        if evidence is not None:
+            boxes, areas = self.stage.product_boxes(frame.image, evidence)
             return sv.Detections(xyxy=boxes, confidence=np.ones(len(boxes), np.float32),
                                  data={"area": areas})
         if self.detector is not None:
@@ -221,12 +224,30 @@ class ProductPipeline:
             return {"box": np.asarray(box, np.float32), "track_id": _first_id(tracked)}
         return None
 
+    def _warming_up(self, frame: Frame) -> bool:
+        """Teach the stage model an empty frame; True while this frame was used for that.
+
+        A product put down before the warm-up is over ends it early, so it is never learnt as backdrop.
+        """
+        stage = self.stage
+        if stage is None or stage.ready or self.product is not None:
+            return False
+        if self.prompt is not None and self.products_started == 0:
+            if frame.index >= self.prompt.frame_index:
+                stage.seal()  # the operator's product is here: the frames before it are the stage
+                return False
+            stage.learn_empty(frame.image)
+            return True
+        if stage.something_appeared(frame.image):
+            stage.seal()
+            log.info("stage warm-up ended early at frame %d (%d empty frames): something appeared",
+                     frame.index, stage.frames_learnt)
+            return False
+        stage.learn_empty(frame.image)
+        return True
+
     def _learn_empty(self, frame: Frame) -> None:
-        if self.stage is None:
-            return
-        if not self.stage.ready:
-            self.stage.learn_empty(frame.image)
-        else:
+        if self.stage is not None and self.stage.ready:
             self.stage.adapt(frame.image)
 
     def _track(self, frame: Frame, detections: sv.Detections) -> dict:
@@ -261,7 +282,7 @@ class ProductPipeline:
         """Whether products are seen independently of their masks (stage model or detector)."""
         return (self.stage is not None and self.stage.ready) or self.detector is not None
 
-    def _product_gone(self, frame: Frame, detections: sv.Detections, events: list) -> bool:
+    def _product_gone(self, detections: sv.Detections) -> bool:
         product = self.product
         if self._detecting:
             product.missing = 0 if len(detections) else product.missing + 1
@@ -269,13 +290,14 @@ class ProductPipeline:
 
     # -- segmenting ------------------------------------------------------------------------------------
 
-    def _segment(self, frame: Frame, prompt: dict, events: list, initial: bool) -> FrameResult:
-        product = self.product
-        evidence = self.stage.log_odds(frame.image) if self.stage is not None and self.stage.ready else None
+    def _segment(self, frame: Frame, evidence: np.ndarray | None, prompt: dict, events: list,
+                 initial: bool) -> FrameResult:
+        """Segment the product on stage; `evidence` is the stage model's log-odds for this frame."""
         if not initial and prompt.get("new_track") and prompt.get("overlap", 1.0) < self.options.products.same_product_iou:
-            self._end(frame, "another product took the stage", events)
+            self._end(frame.index, "another product took the stage", events)
             self._begin(frame, events)
             initial = True
+        product = self.product
         result = self.masks.step(
             frame, prompt.get("box"), evidence=evidence,
             points=prompt.get("points"), point_labels=prompt.get("point_labels"),
@@ -295,7 +317,7 @@ class ProductPipeline:
             return FrameResult(frame, sv.Detections.empty(), mask_result=result, events=events)
         if not self._detecting:
             product.missing = 0
-        box = _mask_box(mask)
+        box = mask_box(mask)
         product.box = box
         if not self._detecting:
             # No detector: the mask's own box keeps the product's track (and id) alive.
@@ -322,10 +344,7 @@ class ProductPipeline:
         log.info("%s started at frame %d", self.product.product_id, frame.index)
         events.append(ProductStarted(self.product, frame.index))
 
-    def _end(self, frame: Frame, reason: str, events: list) -> None:
-        self._end_at(frame.index, reason, events)
-
-    def _end_at(self, frame_index: int, reason: str, events: list) -> None:
+    def _end(self, frame_index: int, reason: str, events: list) -> None:
         product = self.product
         transient = product.frames < self.options.products.min_frames
         log.info("%s ended at frame %d: %s%s", product.product_id, frame_index, reason,
@@ -341,7 +360,3 @@ class ProductPipeline:
 def _first_id(tracked: sv.Detections) -> int | None:
     return int(tracked.tracker_id[0]) if len(tracked) else None
 
-
-def _mask_box(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)

@@ -45,6 +45,9 @@ class StageOptions:
                 raise ValueError(f"stage.{name} must be > 0, got {getattr(self, name)}")
 
 
+MIN_EMPTY_FRAMES = 2  # a noise estimate needs at least two frames
+
+
 class StageModel:
     """Per-pixel backdrop mean and noise, and foreground log-odds of a frame against them.
 
@@ -57,10 +60,20 @@ class StageModel:
         self._mean: np.ndarray | None = None  # (H, W, 3) float32
         self._m2: np.ndarray | None = None  # (H, W, 3) float32, sum of squared deviations
         self._sigma: np.ndarray | None = None  # (H, W) float32, noise std per pixel
+        self._sealed = False
 
     @property
     def ready(self) -> bool:
-        return self._count >= self.options.warmup_frames
+        return self._count >= self.options.warmup_frames or self._sealed
+
+    def seal(self) -> bool:
+        """End the warm-up early (something appeared on stage); False if too few frames were learnt."""
+        self._sealed = self._count >= MIN_EMPTY_FRAMES
+        return self._sealed
+
+    def something_appeared(self, image: np.ndarray) -> bool:
+        """During warm-up: whether `image` shows a product-sized blob against the frames learnt so far."""
+        return self._count >= MIN_EMPTY_FRAMES and len(self.product_boxes(image, self._log_odds(image))[0]) > 0
 
     @property
     def frames_learnt(self) -> int:
@@ -90,6 +103,9 @@ class StageModel:
         """(H, W) float32 log-odds that each pixel is not backdrop (positive = product)."""
         if not self.ready:
             raise RuntimeError("StageModel.log_odds before the empty stage was learnt")
+        return self._log_odds(image)
+
+    def _log_odds(self, image: np.ndarray) -> np.ndarray:
         o = self.options
         if image.shape != self._mean.shape:
             raise ValueError(f"frame size {image.shape[:2]} differs from the stage's {self._mean.shape[:2]}")
@@ -118,20 +134,20 @@ class StageModel:
         evidence = np.minimum(as_backdrop, as_shadow)
         return np.clip(evidence, -o.evidence_clip, o.evidence_clip).astype(np.float32)
 
-    def foreground(self, image: np.ndarray) -> np.ndarray:
-        """(H, W) bool: pixels unlike the backdrop, cleaned of speckle."""
-        fg = (self.log_odds(image) > 0).astype(np.uint8)
+    def foreground(self, image: np.ndarray, evidence: np.ndarray | None = None) -> np.ndarray:
+        """(H, W) bool: pixels unlike the backdrop, cleaned of speckle (`evidence`: this frame's log_odds)."""
+        fg = ((self.log_odds(image) if evidence is None else evidence) > 0).astype(np.uint8)
         fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
         return fg.astype(bool)
 
-    def product_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes of foreground blobs large enough to be a product.
+    def product_boxes(self, image: np.ndarray, evidence: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes of foreground blobs large enough to be a product (`evidence`: this frame's log_odds).
 
         Returns (xyxy (N, 4) float32, area fraction (N,) float32), largest first. Pieces closer than
         4 % of the frame's larger side (a cable loop, a tripod foot, a textured surface that is only
         partly unlike the backdrop) are one product; each box is tight around its own pixels.
         """
-        fg = self.foreground(image).astype(np.uint8)
+        fg = self.foreground(image, evidence).astype(np.uint8)
         h, w = fg.shape
         k = max(3, int(round(0.04 * max(h, w))) | 1)
         grouped = cv2.dilate(fg, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
