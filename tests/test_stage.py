@@ -211,7 +211,7 @@ def test_matte_moves_the_edge_to_half_coverage(stage, rng, colour):
     img = alpha[..., None] * np.array(colour, np.float32) + (1 - alpha[..., None]) * BACKDROP
     frame = _shot(img, rng)
     raw = stage.foreground(frame)
-    refined, soft = stage.matte(frame, raw)
+    refined, soft, decontaminated = stage.matte(frame, raw)
     raw_errors = int((raw ^ truth).sum())
     matted_errors = int((refined ^ truth).sum())
     # The raw mask grows by the anti-aliased rim (a few dozen pixels here); matting removes that bias.
@@ -226,6 +226,13 @@ def test_matte_moves_the_edge_to_half_coverage(stage, rng, colour):
                      np.ones((9, 9), np.uint8)) == 0
     assert (refined[far] == raw[far]).all()
     assert (soft[far] == raw[far]).all()
+    # Edge pixels get the product's colour back: a cutout shows no fringe of the old backdrop.
+    rim = (alpha > 0.2) & (alpha < 0.8)
+    product = np.array(colour, np.float32)
+    before = np.abs(frame[rim].astype(np.float32) - product).mean()
+    after = np.abs(decontaminated[rim].astype(np.float32) - product).mean()
+    assert after < before / 3, (before, after)
+    assert (decontaminated[far] == frame[far]).all()
 
 
 def test_matte_leaves_holes_inside_the_mask_alone(stage, rng):
@@ -237,7 +244,7 @@ def test_matte_leaves_holes_inside_the_mask_alone(stage, rng):
     frame = _shot(alpha[..., None] * colour + (1 - alpha[..., None]) * BACKDROP, rng)
     raw = stage.foreground(frame)
     assert not raw[_disc(100.3, 80.6, inner - 2)].any()  # the hole is in the mask
-    refined, soft = stage.matte(frame, raw)
+    refined, soft, _ = stage.matte(frame, raw)
     hole_side = _disc(100.3, 80.6, (outer + inner) / 2)
     # The hole's edge keeps the input label, pixel for pixel ...
     assert (refined[hole_side] == raw[hole_side]).all()
@@ -251,7 +258,7 @@ def test_matte_keeps_labels_where_the_product_looks_like_the_backdrop(stage, rng
     # Product colour equal to the backdrop: alpha cannot be solved, the input label must stay.
     mask = _disc(100, 80, 30)
     frame = _shot(BACKDROP, rng)
-    refined, soft = stage.matte(frame, mask)
+    refined, soft, _ = stage.matte(frame, mask)
     assert (refined == mask).all()
     assert (soft == mask.astype(np.float32)).all()
 

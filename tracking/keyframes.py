@@ -81,7 +81,9 @@ class KeyframePolicy:
         if frame_index - self._last_key >= self.options.max_interval:
             return self._key(frame_index, MAX_INTERVAL)
         if motion >= self.options.motion:
-            return self._key(frame_index, MOTION)
+            return self._key(frame_index, MOTION, f"moved {motion:.3f} of its size")
+        log.debug("frame %d: propagate (%d frames since keyframe, motion %.3f)", frame_index,
+                  frame_index - self._last_key, motion)
         return Decision(frame_index, False, "propagate")
 
     def after_decode(self, frame_index: int, *, score: float, agreement: float | None) -> Decision:
@@ -93,6 +95,8 @@ class KeyframePolicy:
             return self._key(frame_index, QUALITY_DROP, f"score {score:.3f} (keyframe {self._key_score:.3f})")
         if agreement is not None and agreement < o.min_agreement:
             return self._key(frame_index, DISAGREEMENT, f"IoU with propagated mask {agreement:.3f}")
+        log.debug("frame %d: propagated mask accepted (score %.3f, agreement %s)", frame_index, score,
+                  "n/a" if agreement is None else f"{agreement:.3f}")
         return Decision(frame_index, False, "accepted")
 
     def keyframe_scored(self, score: float) -> None:

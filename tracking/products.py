@@ -10,6 +10,7 @@ Boxes get ids from ByteTrack; the mask of every frame comes from `MaskTracker`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -303,9 +304,10 @@ class ProductPipeline:
             points=prompt.get("points"), point_labels=prompt.get("point_labels"),
             new_track=bool(prompt.get("new_track")) and not initial,
         )
-        mask, alpha = result.mask, None
+        mask, alpha, still_frame = result.mask, None, frame
         if evidence is not None and mask.any():
-            mask, alpha = self.stage.matte(frame.image, mask, evidence)
+            mask, alpha, colour = self.stage.matte(frame.image, mask, evidence)
+            still_frame = dataclasses.replace(frame, image=colour)
         product.frames += 1
         product.last_frame, product.last_timestamp = frame.index, frame.timestamp
         if result.keyframe:
@@ -324,7 +326,7 @@ class ProductPipeline:
             self.boxes.update(sv.Detections(xyxy=box[None], confidence=np.ones(1, np.float32)), frame.timestamp)
         still = score_still(frame.image, mask, confidence=result.score, stability=result.stability,
                             prior_agreement=result.agreement, weights=self.options.stills)
-        product.pool.offer(frame, mask, still, alpha=alpha)
+        product.pool.offer(still_frame, mask, still, alpha=alpha)
         detections = sv.Detections(
             xyxy=box[None], mask=mask[None], confidence=np.array([result.score], np.float32),
             tracker_id=np.array([product.number]),

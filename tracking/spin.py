@@ -11,6 +11,7 @@ comes back near the period P. Near a return, s(L) ≈ f(|P - L|), where f(d) is 
 frames apart, which the small lags measure directly. P is the value that best explains the return side
 of the profile with f (least squares on a 0.01-frame grid): this is sub-frame and, unlike peak picking,
 still works when the recording stops right at the end of the turn, so that the peak itself is never seen.
+When the peak is seen, its parabolic sub-frame position replaces the fit (less biased).
 With more than 1.5 turns, the speed is measured locally (each frame's best match one turn later,
 parabolic sub-frame peak) and the phase is the integral of that smoothed speed, so a drifting turntable
 keeps its views evenly turned.
@@ -141,14 +142,14 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 class SpinRecorder:
     """Keeps what one product's spin needs while it is on the stage, in bounded memory.
 
-    Every frame leaves a descriptor, box and sharpness (~1.6 KB). Crops are kept for at most
+    Every frame leaves a descriptor, box and sharpness (~0.5 KB). Crops are kept for at most
     `max_crops` frames: when that many are held, every other one is dropped and from then on only every
     second (then fourth, ...) frame keeps its crop, so the kept crops stay evenly spread over the whole
-    product. Memory is bounded by max_crops x crop pixels x 4 bytes (240 crops of 420 x 720 px ≈ 290 MB
-    at 720p; halve `max_crops` for 4K cameras).
+    product. Memory is bounded by max_crops x crop pixels x 5 bytes (RGB, mask, alpha): 180 crops of
+    420 x 720 px ≈ 270 MB at 720p; lower `max_crops` for 4K cameras.
     """
 
-    def __init__(self, max_crops: int = 240) -> None:
+    def __init__(self, max_crops: int = 180) -> None:
         if max_crops < 2:
             raise ValueError(f"SpinRecorder: max_crops must be >= 2, got {max_crops}")
         self.max_crops = max_crops
@@ -269,7 +270,17 @@ def estimate_period(descriptors: np.ndarray) -> float | NoSpin:
         cost[k] = float(np.mean((prof[lags] - np.interp(np.abs(lags - p), np.arange(len(f)), f)) ** 2))
     if not np.isfinite(cost).any():
         return NoSpin("no period fits the return of the product's appearance")
-    return float(grid[int(np.argmin(cost))])
+    fitted = float(grid[int(np.argmin(cost))])
+    # When the recording runs past the return's peak, the peak itself is the better estimate (the fit is
+    # biased when the view changes between turns, e.g. a camera that rises): parabolic sub-frame peak.
+    # A peak counts only with a quarter of `drop` seen after it, so that a bump is not taken for it.
+    start = max(first, int(round(fitted)) - drop // 2)
+    j = start + int(np.argmax(prof[start:int(round(fitted)) + drop // 2 + 1]))
+    after = max(2, drop // 4)
+    if j + after < n and prof[j] >= prof[j + 1: j + after + 1].max() and prof[j - 1] <= prof[j]:
+        den = prof[j - 1] - 2 * prof[j] + prof[j + 1]
+        return j + (0.5 * (prof[j - 1] - prof[j + 1]) / den if den < 0 else 0.0)
+    return fitted
 
 
 def _phases(descriptors: np.ndarray, period: float) -> tuple[np.ndarray, bool]:

@@ -168,7 +168,7 @@ class StageModel:
         )
 
     def matte(self, image: np.ndarray, mask: np.ndarray, evidence: np.ndarray | None = None,
-              band: int = 2) -> tuple[np.ndarray, np.ndarray]:
+              band: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Refine a mask's edge to the 50 % coverage line using the known backdrop (difference matting).
 
         Edge pixels mix product colour F and backdrop B: I = a F + (1 - a) B, so
@@ -179,8 +179,10 @@ class StageModel:
 
         Args:
           evidence: this frame's `log_odds` if already computed.
-        Returns (mask (H, W) bool, alpha (H, W) float32 in [0, 1]); pixels farther than `band` from the
-        edge, or whose product colour is too close to the backdrop to solve for, keep the input label.
+        Returns (mask (H, W) bool, alpha (H, W) float32 in [0, 1], colour (H, W, 3) uint8): pixels
+        farther than `band` from the edge, or whose product colour is too close to the backdrop to solve
+        for, keep the input label. `colour` is the image with edge pixels replaced by their product
+        colour F, so a cutout composited on any background shows no fringe of the old backdrop.
         """
         if evidence is None:
             evidence = self.log_odds(image)
@@ -207,7 +209,8 @@ class StageModel:
         solvable = rim & (weight > 0.01) & (np.sqrt(dd) > 4.0 * self._noise())
         refined = np.where(solvable, alpha >= 0.5, mask)
         soft = np.where(solvable, alpha, mask.astype(np.float32)).astype(np.float32)
-        return refined, soft
+        colour = np.where(solvable[..., None], np.clip(fg, 0, 255), x).astype(np.uint8)
+        return refined, soft, colour
 
     def _noise(self) -> np.ndarray:
         if self._sigma is None:
