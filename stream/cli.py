@@ -34,6 +34,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["backend"] = args.backend
     if getattr(args, "checkpoint", None):
         out["checkpoint"] = str(args.checkpoint)
+    if getattr(args, "spin", None) is not None:
+        out["spin.views"] = args.spin
     if getattr(args, "box", None):
         box, frame = args.box
         out["prompt.box"] = list(box)
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run)
     run.add_argument("--out", required=True, type=Path, help="output folder")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--spin", type=int, nargs="?", const=36, metavar="N",
+                     help="also export a 360° spin set of N views per product (default N: 36)")
 
     ev = sub.add_parser("eval", help="measure masks against ground truth (J, F, J&F)")
     _add_common(ev)

@@ -76,6 +76,29 @@ class StageSection(StageOptions):
 
 
 @dataclass(frozen=True)
+class SpinOptions:
+    """360° spin sets (see `turncrop.stream.spin_export`).
+
+    views: views per turn, 0 = off (typical: 24, 36, 72).  max_crops: most frames of one product whose
+    crops are kept for it (memory: about max_crops x crop px x 5 bytes: RGB, mask, alpha; beyond it only every 2nd, 4th, ...
+    frame keeps its crop).  size: JPEG side in px, or None for the crop's own resolution.
+    """
+
+    views: int = 0
+    max_crops: int = 180
+    size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.views != 0 and not 4 <= self.views <= 360:
+            raise ValueError(f"views must be 0 (off) or in [4, 360], got {self.views}")
+        if self.max_crops < max(2 * self.views, 16):
+            raise ValueError(f"max_crops must be >= max(2 x views, 16) = {max(2 * self.views, 16)}, "
+                             f"got {self.max_crops}")
+        if self.size is not None and not 64 <= self.size <= 8192:
+            raise ValueError(f"size must be None or in [64, 8192] px, got {self.size}")
+
+
+@dataclass(frozen=True)
 class Config:
     backend: str = "auto"
     checkpoint: str | None = None
@@ -88,6 +111,7 @@ class Config:
     products: ProductOptions = field(default_factory=ProductOptions)
     stills: StillWeights = field(default_factory=StillWeights)
     export: ExportOptions = field(default_factory=ExportOptions)
+    spin: SpinOptions = field(default_factory=SpinOptions)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_NAMES:

@@ -19,12 +19,14 @@ from turncrop.models.registry import build_segmenter
 from turncrop.stream.config import Config
 from turncrop.stream.export import export_still, write_manifest, write_no_still_record
 from turncrop.stream.sources import FrameSource, SourceError, open_source
+from turncrop.stream.spin_export import export_spin, write_no_spin_record
 from turncrop.tracking.products import (
     FrameResult,
     InitialPrompt,
     ProductEnded,
     ProductPipeline,
 )
+from turncrop.tracking.spin import NoSpin, SpinPlan, SpinRecorder, plan_spin
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +116,17 @@ def run(source_path: str | Path, out_dir: str | Path, config: Config, *,
         pipeline = build_pipeline(config, frame_rate=source.fps or 30.0)
         summary = RunSummary(source=str(source_path), out_dir=out, backend=pipeline.segmenter.name)
         manifest = _manifest_head(summary, config, source)
+        spins: dict[int, SpinRecorder] = {}  # product number -> its recorder, while on the stage
         try:
             for result in segment(source, pipeline):
                 summary.frames += 1
+                _record_spin(spins, result, config)  # before the events: the last frame may end its product
                 for event in result.events:
                     if isinstance(event, ProductEnded) and not event.transient:
                         summary.products.append(_export(out, event, summary.backend, str(source_path), config))
+                        _export_spin(out, event, spins, summary.products[-1], config)
+                    elif isinstance(event, ProductEnded):
+                        spins.pop(event.product.number, None)
                         _write_manifest(out, manifest, summary, pipeline, started)
                 if on_frame is not None:
                     on_frame(result)
@@ -130,6 +137,7 @@ def run(source_path: str | Path, out_dir: str | Path, config: Config, *,
             for event in pipeline.finish(summary.frames - 1):
                 if isinstance(event, ProductEnded) and not event.transient:
                     summary.products.append(_export(out, event, summary.backend, str(source_path), config))
+                    _export_spin(out, event, spins, summary.products[-1], config)
         _write_manifest(out, manifest, summary, pipeline, started)
     return summary
 
@@ -154,6 +162,40 @@ def _export(out: Path, event: ProductEnded, backend: str, source: str, config: C
     log.warning("%s: no still exported: %s", product.product_id, reason)
     return {"product_id": product.product_id, "status": "no_still", "reason": reason, "files": [path.name],
             **product.statistics()}
+
+
+def _record_spin(spins: dict[int, SpinRecorder], result: FrameResult, config: Config) -> None:
+    """Keep this frame's product view for its spin set (only when spin sets are on)."""
+    if not config.spin.views or result.detections.mask is None or not len(result.detections):
+        return
+    number = int(result.detections.tracker_id[0])
+    recorder = spins.setdefault(number, SpinRecorder(config.spin.max_crops))
+    recorder.add(result.frame, result.detections.mask[0], result.alpha)
+
+
+def _export_spin(out: Path, event: ProductEnded, spins: dict[int, SpinRecorder], entry: dict,
+                 config: Config) -> None:
+    """Plan and write the ended product's spin set (or its no_spin record); notes it in `entry`."""
+    recorder = spins.pop(event.product.number, None)
+    if not config.spin.views:
+        return
+    product_id = event.product.product_id
+    samples = recorder.samples if recorder is not None else []
+    meta = {"first_frame": event.product.first_frame, "last_frame": event.product.last_frame}
+    plan: SpinPlan | NoSpin = NoSpin("no frame of the product had a mask")
+    if samples:
+        plan = plan_spin(np.stack([s.descriptor for s in samples]), np.array([s.timestamp for s in samples]),
+                         np.array([s.sharpness for s in samples]), config.spin.views,
+                         np.array([s.crop is not None for s in samples]))
+    if isinstance(plan, NoSpin):
+        path = write_no_spin_record(out, product_id, plan, meta)
+        log.warning("%s: no spin set: %s", product_id, plan.reason)
+        entry["spin"] = {"status": "no_spin", "reason": plan.reason, "file": str(path.relative_to(out))}
+        return
+    record = export_spin(out, product_id, samples, plan, meta, size=config.spin.size,
+                         feather_px=config.export.feather_px, jpeg_quality=config.export.jpeg_quality)
+    entry["spin"] = {"status": "ok", "views": len(record.jpgs), "period_frames": record.data["period_frames"],
+                     "folder": record.folder.name}
 
 
 def _manifest_head(summary: RunSummary, config: Config, source: FrameSource) -> dict:
