@@ -14,7 +14,7 @@ solved exactly by PyMaxflow on the prompt's region of interest.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import maxflow

@@ -15,6 +15,7 @@ import numpy as np
 from turncrop.models.base import Embedding, MaskSet, Prompt, Segmenter
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import Decision, KeyframePolicy
+from turncrop.tracking.masks import mask_box
 from turncrop.tracking.propagation import FlowPropagator
 
 AGREEMENT_WEIGHT = 0.5  # how much agreement with the propagated prior counts against predicted quality
@@ -83,7 +84,7 @@ class MaskTracker:
             prior = self.propagator.prior_logits(propagated)
             self._drift += m.shift
             if box is None and propagated.any():
-                box = mask_box(propagated)
+                box = np.asarray(mask_box(propagated), np.float32)
         if box is None and prior is None and points is None:
             raise ValueError(f"frame {frame.index}: nothing to segment from (no box, no points, no prior mask)")
         if box is not None and self._embedding is not None:
@@ -138,9 +139,3 @@ class MaskTracker:
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.count_nonzero(a | b)
     return np.count_nonzero(a & b) / union if union else 1.0
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """(H, W) bool with at least one pixel -> (4,) float32 XYXY box, x1/y1 exclusive."""
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)

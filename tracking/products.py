@@ -23,7 +23,8 @@ from turncrop.models.base import Segmenter
 from turncrop.tracking.boxes import BoxTracker
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
-from turncrop.tracking.masktrack import MaskResult, MaskTracker, mask_box
+from turncrop.tracking.masks import mask_box
+from turncrop.tracking.masktrack import MaskResult, MaskTracker
 from turncrop.tracking.propagation import FlowPropagator, PropagationOptions
 from turncrop.tracking.stage import StageModel, StageOptions
 from turncrop.tracking.stills import CandidatePool, StillScore, StillWeights, score_still
@@ -319,7 +320,7 @@ class ProductPipeline:
             return FrameResult(frame, sv.Detections.empty(), mask_result=result, events=events)
         if not self._detecting:
             product.missing = 0
-        box = mask_box(mask)
+        box = np.asarray(mask_box(mask), np.float32)
         product.box = box
         if not self._detecting:
             # No detector: the mask's own box keeps the product's track (and id) alive.

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from turncrop.tracking.frame import Frame
+from turncrop.tracking.masks import mask_box
 
 _COLS, _ROWS = 48, 4
 # Lag-profile thresholds, in units of the profile's own range (hi = f(0), lo = its minimum).
@@ -131,12 +132,6 @@ def mask_sharpness(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int
     if np.count_nonzero(inner) < 16:
         return 0.0
     return float(cv2.Laplacian(g, cv2.CV_32F)[inner].var())
-
-
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) of a (H, W) mask, x1/y1 exclusive; None when empty."""
-    x, y, w, h = cv2.boundingRect(np.asarray(mask, np.uint8))
-    return None if w == 0 else (x, y, x + w, y + h)
 
 
 class SpinRecorder:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from turncrop.tracking.frame import Frame
+from turncrop.tracking.masks import mask_box
 
 # Mask area fraction ramps for the size component: 0 below _AREA_TINY, 1 between _AREA_OK and _AREA_BIG,
 # 0 above _AREA_FULL. Tiny masks give low-resolution stills (0.1 % of 720p is ~30x30 px); masks covering
@@ -156,7 +157,7 @@ def score_still(
         prior_agreement = _unit(prior_agreement, "prior_agreement")
 
     m = _as_u8(mask)
-    box = _mask_box(m)
+    box = mask_box(m)
     if box is None:
         return StillScore(confidence, stability, 0.0, 0.0, 0.0, 0.0, prior_agreement, 0.0)
     h, w = m.shape
@@ -286,7 +287,7 @@ class CandidatePool:
         if any(c.score.total >= total for c in neighbours):
             return False
         m = _as_u8(mask)
-        box = _mask_box(m)
+        box = mask_box(m)
         if box is None:
             return False
         for c in neighbours:
@@ -352,14 +353,6 @@ def _as_u8(mask: np.ndarray) -> np.ndarray:
     if mask.dtype == bool:
         return np.ascontiguousarray(mask).view(np.uint8)
     return (mask != 0).astype(np.uint8)
-
-
-def _mask_box(m: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Bounding box (x0, y0, x1, y1), exclusive ends, of a uint8 mask; None when empty."""
-    x, y, bw, bh = cv2.boundingRect(m)
-    if bw == 0 or bh == 0:
-        return None
-    return x, y, x + bw, y + bh
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:

@@ -1,0 +1,11 @@
+"""Small geometry of binary masks shared by the time layer."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of a (H, W) bool/uint8 mask, x1/y1 exclusive; None when empty."""
+    x, y, w, h = cv2.boundingRect(np.asarray(mask, np.uint8))
+    return None if w == 0 else (x, y, x + w, y + h)
