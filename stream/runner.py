@@ -117,27 +117,31 @@ def run(source_path: str | Path, out_dir: str | Path, config: Config, *,
         summary = RunSummary(source=str(source_path), out_dir=out, backend=pipeline.segmenter.name)
         manifest = _manifest_head(summary, config, source)
         spins: dict[int, SpinRecorder] = {}  # product number -> its recorder, while on the stage
+
+        def finish_products(events: list) -> None:
+            for event in events:
+                if not isinstance(event, ProductEnded):
+                    continue
+                if event.transient:
+                    spins.pop(event.product.number, None)
+                    continue
+                entry = _export(out, event, summary.backend, str(source_path), config)
+                summary.products.append(entry)
+                _export_spin(out, event, spins, entry, config)
+                _write_manifest(out, manifest, summary, pipeline, started)
+
         try:
             for result in segment(source, pipeline):
                 summary.frames += 1
                 _record_spin(spins, result, config)  # before the events: the last frame may end its product
-                for event in result.events:
-                    if isinstance(event, ProductEnded) and not event.transient:
-                        summary.products.append(_export(out, event, summary.backend, str(source_path), config))
-                        _export_spin(out, event, spins, summary.products[-1], config)
-                    elif isinstance(event, ProductEnded):
-                        spins.pop(event.product.number, None)
-                        _write_manifest(out, manifest, summary, pipeline, started)
+                finish_products(result.events)
                 if on_frame is not None:
                     on_frame(result)
         except SourceError as exc:
             # Keep what was produced: close the product on stage, export it, and report the error.
             summary.error = str(exc)
             log.error("%s", exc)
-            for event in pipeline.finish(summary.frames - 1):
-                if isinstance(event, ProductEnded) and not event.transient:
-                    summary.products.append(_export(out, event, summary.backend, str(source_path), config))
-                    _export_spin(out, event, spins, summary.products[-1], config)
+            finish_products(pipeline.finish(summary.frames - 1))
         _write_manifest(out, manifest, summary, pipeline, started)
     return summary
 

@@ -70,3 +70,20 @@ def test_eval_writes_the_json_report(tiny_session, tmp_path):
     report = json.loads(report_path.read_text())
     assert report["frames"] == len(list(tiny_session.iterdir()))
     assert report["products"] == 1 and report["J_mean"] > 0.85
+
+
+def test_a_corrupt_frame_mid_product_keeps_what_was_produced(tiny_session, tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    names = sorted(p.name for p in tiny_session.iterdir())
+    for name in names:
+        (frames / name).write_bytes((tiny_session / name).read_bytes())
+    broken = names[25]  # the product has been on the stage for a while here
+    (frames / broken).write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["run", str(frames), "--out", str(out), "--backend", "graphcut", "--no-progress"]) == 1
+    assert broken in capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert broken in manifest["error"]
+    assert [p["product_id"] for p in manifest["products"]] == ["product-001"]
+    assert (out / "product-001.json").is_file() and (out / "product-001.jpg").is_file()
