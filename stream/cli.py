@@ -1,4 +1,4 @@
-"""The `turncrop` command: run, eval, weights."""
+"""The `turncrop` command: run, live, eval, weights."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--spin", type=int, nargs="?", const=36, metavar="N",
                      help="also export a 360° spin set of N views per product (default N: 36)")
 
+    live = sub.add_parser("live", help="segment a camera (or a recording paced as one) live and export "
+                          "each product as it leaves")
+    live.add_argument("source", nargs="?", help="video file or image folder played as a camera (with --realtime)")
+    live.add_argument("--camera", metavar="DEV|INDEX", help="V4L2 device path (e.g. /dev/video0) or OpenCV index")
+    live.add_argument("--realtime", action="store_true", help="play SOURCE at its own frame rate")
+    live.add_argument("--speed", type=float, default=1.0, help="playback speed of SOURCE (default 1)")
+    live.add_argument("--out", required=True, type=Path, help="output folder")
+    live.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    live.add_argument("--config", help="YAML file or preset name (default, studio, fast)")
+    live.add_argument("--backend", choices=BACKEND_NAMES, help="segmenter (default: auto)")
+    live.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM checkpoint file to use")
+    live.add_argument("--quiet", action="store_true", help="no per-second stats")
+    live.add_argument("-v", "--verbose", action="store_true", help="log every keyframe decision")
+
     ev = sub.add_parser("eval", help="measure masks against ground truth (J, F, J&F)")
     _add_common(ev)
     ev.add_argument("--gt", required=True, type=Path, help="folder of ground-truth masks, one per frame")
@@ -95,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, _overrides(args))
         if args.command == "run":
             return _run(args, config)
+        if args.command == "live":
+            return _live(args, config)
         return _eval(args, config)
     except (ConfigError, SourceError, WeightsError, ValueError, OSError) as exc:
         print(f"turncrop: error: {exc}", file=sys.stderr)
@@ -134,6 +150,42 @@ def _run(args: argparse.Namespace, config) -> int:
     print(f"outputs in {summary.out_dir} (manifest.json)")
     if summary.error:
         print(f"turncrop: error: {summary.error} (products finished before it were exported)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _live(args: argparse.Namespace, config) -> int:
+    from turncrop.stream.live import run_live
+    from turncrop.stream.live_sources import CameraSource, MonotonicClock, RealtimeSource
+    from turncrop.stream.sources import open_source
+
+    if (args.camera is None) == (args.source is None):
+        raise ValueError("live needs either --camera DEV|INDEX or a SOURCE file with --realtime")
+    if args.camera is not None:
+        source = CameraSource(int(args.camera) if args.camera.isdigit() else args.camera)
+    elif not args.realtime:
+        raise ValueError("a recording runs live only as a simulated camera: add --realtime")
+    else:
+        source = RealtimeSource(open_source(args.source), MonotonicClock(args.speed))
+
+    def on_stats(stats) -> None:
+        if not args.quiet:
+            print(stats.line(), file=sys.stderr, flush=True)
+
+    with source:
+        report = run_live(source, args.out, config, duration=args.duration, on_stats=on_stats)
+    s = report.stats.as_dict()
+    print(f"{s['frames_processed']} of {s['frames_in']} frames processed in {s['seconds']:.1f} s "
+          f"(in {s['fps_in']} fps, out {s['fps_out']} fps), {s['frames_dropped']} dropped, "
+          f"latency p50 {s['latency_ms_p50']} ms p95 {s['latency_ms_p95']} ms, backend {report.summary.backend}")
+    print(f"keyframes: {s['keyframes_first']} first + {s['keyframes_encoded']} in the background, "
+          f"{s['keyframes_skipped']} skipped (encoder busy), {s['encoder_errors']} failed")
+    for p in report.summary.products:
+        where = f"frame {p['frame_index']}, score {p['score']}" if p["status"] == "ok" else p["reason"]
+        print(f"  {p['product_id']}: {p['status']} ({where}) -> {', '.join(p['files'])}")
+    print(f"outputs in {report.summary.out_dir} (manifest.json)")
+    if report.summary.error:
+        print(f"turncrop: error: {report.summary.error} (products finished before it were exported)", file=sys.stderr)
         return 1
     return 0
 

@@ -60,8 +60,12 @@ class RunSummary:
         }
 
 
-def build_pipeline(config: Config, segmenter: Segmenter | None = None, frame_rate: float = 30.0) -> ProductPipeline:
-    """The pipeline a config describes (the segmenter is built from it unless one is given)."""
+def build_pipeline(config: Config, segmenter: Segmenter | None = None, frame_rate: float = 30.0, *,
+                   defer_keyframes: bool = False) -> ProductPipeline:
+    """The pipeline a config describes (the segmenter is built from it unless one is given).
+
+    `defer_keyframes`: leave keyframe encodes to the caller (the live pipeline; see `ProductPipeline`).
+    """
     if segmenter is None:
         segmenter = build_segmenter(
             config.backend, checkpoint=config.checkpoint, precision=config.encoder.precision,
@@ -69,7 +73,7 @@ def build_pipeline(config: Config, segmenter: Segmenter | None = None, frame_rat
             graphcut=config.graphcut,
         )
     return ProductPipeline(segmenter, config.pipeline_options(), prompt=initial_prompt(config),
-                           detector=_detector(config), frame_rate=frame_rate)
+                           detector=_detector(config), frame_rate=frame_rate, defer_keyframes=defer_keyframes)
 
 
 def initial_prompt(config: Config) -> InitialPrompt | None:

@@ -24,7 +24,7 @@ from turncrop.tracking.boxes import BoxTracker
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
 from turncrop.tracking.masks import mask_box
-from turncrop.tracking.masktrack import MaskResult, MaskTracker
+from turncrop.tracking.masktrack import Keyframe, KeyframeRequest, MaskResult, MaskTracker
 from turncrop.tracking.propagation import FlowPropagator, PropagationOptions
 from turncrop.tracking.stage import StageModel, StageOptions
 from turncrop.tracking.stills import CandidatePool, StillScore, StillWeights, score_still
@@ -159,18 +159,24 @@ class FrameResult:
 
 
 class ProductPipeline:
-    """Frame in, product masks and product events out. One instance per stream; not thread-safe."""
+    """Frame in, product masks and product events out. One instance per stream; not thread-safe.
+
+    With `defer_keyframes=True` (live streams) keyframes after a product's first are not encoded inside
+    `process`: the caller takes each `take_keyframe_request()`, runs `encode_keyframe` elsewhere and hands
+    the result to `install_keyframe` (see `MaskTracker`).
+    """
 
     def __init__(self, segmenter: Segmenter, options: PipelineOptions | None = None, *,
                  prompt: InitialPrompt | None = None, detector: Detector | None = None,
-                 frame_rate: float = 30.0) -> None:
+                 frame_rate: float = 30.0, defer_keyframes: bool = False) -> None:
         self.options = options or PipelineOptions()
         self.segmenter = segmenter
         self.prompt = prompt
         self.detector = detector
         self.stage = StageModel(self.options.stage) if self.options.use_stage else None
         self.policy = KeyframePolicy(self.options.keyframes)
-        self.masks = MaskTracker(segmenter, self.policy, FlowPropagator(self.options.propagation))
+        self.masks = MaskTracker(segmenter, self.policy, FlowPropagator(self.options.propagation),
+                                 defer_keyframes=defer_keyframes)
         self.boxes = BoxTracker(frame_rate, lost_track_buffer=self.options.products.track_buffer)
         self.product: Product | None = None
         self.products_started = 0
@@ -201,6 +207,22 @@ class ProductPipeline:
         if self.product is not None:
             self._end(frame_index, "source ended", events)
         return events
+
+    def take_keyframe_request(self) -> KeyframeRequest | None:
+        """The keyframe the last `process` deferred, if any (handed out once)."""
+        return self.masks.take_request()
+
+    def encode_keyframe(self, request: KeyframeRequest) -> Keyframe:
+        """Run a deferred keyframe's encode (+ its decode); safe on a worker thread."""
+        return self.masks.encode_keyframe(request)
+
+    def install_keyframe(self, keyframe: Keyframe) -> bool:
+        """Use a finished deferred keyframe; False if its product has ended meanwhile."""
+        if self.product is None or not self.masks.install(keyframe):
+            return False
+        self.product.keyframes += 1
+        self.product.keyframe_reasons[keyframe.request.decision.reason] += 1
+        return True
 
     # -- finding products ------------------------------------------------------------------------
 

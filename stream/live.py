@@ -1,0 +1,373 @@
+"""The live pipeline: a camera (or a paced recording) in, products exported as they leave the stage.
+
+Three single-thread workers keep the asyncio event loop free for scheduling, statistics and signals:
+
+  source   reads the next frame (camera I/O, video decode) into a size-1 "latest" slot: when the frame
+           path is behind, the older frame is dropped and counted, so nothing queues up;
+  frame    runs the cheap per-frame path for every frame it takes: tracking, propagation, decoding on the
+           last embedding, scoring, and exporting a product when it ends;
+  encoder  runs deferred keyframe encodes (`ProductPipeline(defer_keyframes=True)`). While one is in flight
+           frames go on being segmented on the previous embedding; a finished one is installed before the
+           next frame (see `MaskTracker` for how masks are reconciled). Keyframes the policy asks for while
+           the encoder is busy are skipped (counted). A failed encode is logged and the stream goes on by
+           propagation until a later keyframe succeeds.
+
+A product's first keyframe is encoded on the frame path (there is nothing to propagate from yet); frames
+arriving meanwhile are dropped by the slot. `stop()` (SIGINT/SIGTERM with `install_signal_handlers`, or
+the duration running out) ends the stream: the product on stage is finished and its files are written.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from turncrop.models.base import Segmenter
+from turncrop.stream.config import Config
+from turncrop.stream.runner import (
+    RunSummary,
+    _export,
+    _export_spin,
+    _manifest_head,
+    _record_spin,
+    _write_manifest,
+    build_pipeline,
+)
+from turncrop.stream.sources import FrameSource, SourceError
+from turncrop.tracking.frame import Frame
+from turncrop.tracking.masktrack import Keyframe
+from turncrop.tracking.products import FrameResult, ProductEnded, ProductPipeline
+from turncrop.tracking.spin import SpinRecorder
+
+log = logging.getLogger(__name__)
+
+LATENCY_SAMPLES = 10_000  # latency percentiles are over the last this many frames
+
+
+@dataclass
+class LiveStats:
+    """Counters of a live run. `latency_ms`: arrival in the slot -> frame path done, per processed frame."""
+
+    frames_in: int = 0
+    frames_processed: int = 0
+    frames_dropped: int = 0
+    keyframes_encoded: int = 0  # deferred encodes installed (products' first keyframes are not counted)
+    keyframes_first: int = 0  # products' first keyframes, encoded on the frame path
+    keyframes_skipped: int = 0  # asked for while the encoder was busy
+    keyframes_stale: int = 0  # finished after their product ended
+    encoder_errors: int = 0
+    frames_during_encode: int = 0  # frames segmented while a deferred encode was in flight
+    products: int = 0
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+    @property
+    def fps_in(self) -> float:
+        return self.frames_in / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def fps_out(self) -> float:
+        return self.frames_processed / self.seconds if self.seconds > 0 else 0.0
+
+    def latency(self, q: float) -> float | None:
+        """The q-th percentile (0..100) of the added latency in ms, or None before any frame."""
+        return float(np.percentile(np.asarray(self.latency_ms), q)) if self.latency_ms else None
+
+    def as_dict(self) -> dict:
+        p50, p95 = self.latency(50), self.latency(95)
+        return {
+            "seconds": round(self.seconds, 3),
+            "frames_in": self.frames_in,
+            "frames_processed": self.frames_processed,
+            "frames_dropped": self.frames_dropped,
+            "fps_in": round(self.fps_in, 2),
+            "fps_out": round(self.fps_out, 2),
+            "latency_ms_p50": None if p50 is None else round(p50, 1),
+            "latency_ms_p95": None if p95 is None else round(p95, 1),
+            "keyframes_first": self.keyframes_first,
+            "keyframes_encoded": self.keyframes_encoded,
+            "keyframes_skipped": self.keyframes_skipped,
+            "keyframes_stale": self.keyframes_stale,
+            "encoder_errors": self.encoder_errors,
+            "frames_during_encode": self.frames_during_encode,
+            "products": self.products,
+        }
+
+    def line(self) -> str:
+        """One-line progress report."""
+        p95 = self.latency(95)
+        return (f"{self.seconds:6.1f} s  in {self.fps_in:5.1f} fps  out {self.fps_out:5.1f} fps  "
+                f"dropped {self.frames_dropped}  keyframes {self.keyframes_first + self.keyframes_encoded}"
+                f" (+{self.keyframes_skipped} skipped, {self.encoder_errors} failed)  "
+                f"p95 {'-' if p95 is None else f'{p95:.0f} ms'}  products {self.products}")
+
+
+class LatestFrame:
+    """A size-1 slot where the newest frame wins; the frame it replaces is dropped and counted.
+
+    Each frame is stored with its arrival time (`time.monotonic()`). Single producer, single consumer,
+    both on the event loop.
+    """
+
+    def __init__(self) -> None:
+        self._item: tuple[Frame, float] | None = None
+        self._closed = False
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        if self._item is not None:
+            self.dropped += 1
+        self._item = (frame, time.monotonic())
+        self._ready.set()
+
+    def close(self) -> None:
+        """No more frames: `get` returns what is left, then None."""
+        self._closed = True
+        self._ready.set()
+
+    def discard(self) -> None:
+        """Drop the waiting frame unprocessed (shutting down); it is not counted as dropped."""
+        self._item = None
+
+    async def get(self) -> tuple[Frame, float] | None:
+        """The newest frame and its arrival time, or None once closed and empty."""
+        while self._item is None:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        item, self._item = self._item, None
+        return item
+
+
+class ProductSink:
+    """Writes each ended product (still, spin set) and the manifest, as `stream.runner.run` does."""
+
+    def __init__(self, out: Path, config: Config, source: FrameSource, pipeline: ProductPipeline) -> None:
+        self.out, self.config, self.pipeline = out, config, pipeline
+        out.mkdir(parents=True, exist_ok=True)
+        self.summary = RunSummary(source=source.name, out_dir=out, backend=pipeline.segmenter.name)
+        self.head = _manifest_head(self.summary, config, source)
+        self.started = time.perf_counter()
+        self._spins: dict[int, SpinRecorder] = {}
+
+    def frame(self, result: FrameResult) -> int:
+        """Record one frame's result and export the products it ended; returns how many were exported."""
+        self.summary.frames += 1
+        _record_spin(self._spins, result, self.config)
+        return self.events(result.events)
+
+    def events(self, events: list) -> int:
+        exported = 0
+        for event in events:
+            if not isinstance(event, ProductEnded):
+                continue
+            if event.transient:
+                self._spins.pop(event.product.number, None)
+                continue
+            entry = _export(self.out, event, self.summary.backend, self.summary.source, self.config)
+            self.summary.products.append(entry)
+            _export_spin(self.out, event, self._spins, entry, self.config)
+            self.write_manifest()
+            exported += 1
+        return exported
+
+    def write_manifest(self, live: dict | None = None) -> None:
+        if live is not None:
+            self.head["live"] = live
+        _write_manifest(self.out, self.head, self.summary, self.pipeline, self.started)
+
+
+class LivePipeline:
+    """Runs a `FrameSource` through a deferred-keyframe `ProductPipeline` in real time (module docstring)."""
+
+    def __init__(self, source: FrameSource, pipeline: ProductPipeline, sink: ProductSink, *,
+                 on_result: Callable[[FrameResult], None] | None = None) -> None:
+        if not pipeline.masks.defer_keyframes:
+            raise ValueError("LivePipeline needs a ProductPipeline built with defer_keyframes=True")
+        self.source, self.pipeline, self.sink = source, pipeline, sink
+        self.on_result = on_result
+        self.stats = LiveStats()
+        self.error: str | None = None
+        self._stop: asyncio.Event | None = None
+        self._encoding: asyncio.Future | None = None
+        self._ready: Keyframe | None = None  # a finished encode, installed before the next frame
+        self._last_index = -1
+
+    def stop(self) -> None:
+        """Ask the stream to end after the frame in progress (safe from a signal handler on the loop)."""
+        if self._stop is not None and not self._stop.is_set():
+            log.info("live: stopping")
+            self._stop.set()
+
+    async def run(self, duration: float | None = None, *, stats_every: float = 1.0,
+                  on_stats: Callable[[LiveStats], None] | None = None) -> LiveStats:
+        """Process frames until the source ends, `duration` seconds pass or `stop()` is called."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.stats = LiveStats()
+        slot = LatestFrame()
+        timer = loop.call_later(duration, self.stop) if duration is not None else None
+        with ThreadPoolExecutor(1, "turncrop-source") as source_pool, \
+                ThreadPoolExecutor(1, "turncrop-frame") as frame_pool, \
+                ThreadPoolExecutor(1, "turncrop-encoder") as encoder_pool:
+            reader = asyncio.create_task(self._read(slot, source_pool))
+            reporter = asyncio.create_task(self._report(stats_every, on_stats)) if on_stats else None
+            try:
+                await self._consume(slot, frame_pool, encoder_pool)
+            finally:
+                self._stop.set()
+                slot.close()
+                if timer is not None:
+                    timer.cancel()
+                await reader  # returns after the frame being read (a frame period at most)
+                if reporter is not None:
+                    reporter.cancel()
+                if self._encoding is not None:
+                    # An encode cannot be interrupted; wait for it so no worker outlives the run.
+                    await asyncio.gather(self._encoding, return_exceptions=True)
+                ended = self.pipeline.finish(self._last_index)
+                self.stats.products += await loop.run_in_executor(frame_pool, self.sink.events, ended)
+                self.stats.frames_dropped = slot.dropped
+                self.stats.ended = time.monotonic()
+                self.sink.summary.error = self.error
+                self.sink.write_manifest(self.stats.as_dict())
+        if on_stats is not None:
+            on_stats(self.stats)
+        return self.stats
+
+    async def _read(self, slot: LatestFrame, pool: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        frames = iter(self.source)
+        try:
+            while not self._stop.is_set():
+                frame = await loop.run_in_executor(pool, next, frames, None)
+                if frame is None:
+                    break
+                self.stats.frames_in += 1
+                slot.put(frame)
+                self.stats.frames_dropped = slot.dropped
+        except SourceError as e:
+            self.error = str(e)
+            log.error("%s", e)
+        finally:
+            slot.close()
+
+    async def _consume(self, slot: LatestFrame, frame_pool: ThreadPoolExecutor,
+                       encoder_pool: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            item = await slot.get()
+            if item is None or self._stop.is_set():
+                slot.discard()
+                return
+            frame, arrived = item
+            in_flight = self._encoding is not None and not self._encoding.done()
+            self._collect()
+            ready, self._ready = self._ready, None
+            result = await loop.run_in_executor(frame_pool, self._step, frame, ready)
+            self.stats.latency_ms.append(1000.0 * (time.monotonic() - arrived))
+            self.stats.frames_processed += 1
+            self.stats.frames_during_encode += int(in_flight)
+            self._last_index = frame.index
+            self._collect()
+            request = self.pipeline.take_keyframe_request()
+            if request is not None:
+                if self._encoding is None:
+                    self._encoding = loop.run_in_executor(encoder_pool, self.pipeline.encode_keyframe, request)
+                else:
+                    self.stats.keyframes_skipped += 1
+            if self.on_result is not None:
+                self.on_result(result)
+
+    def _step(self, frame: Frame, ready: Keyframe | None) -> FrameResult:
+        """The frame path (on the frame worker): install a finished keyframe, segment, export."""
+        if ready is not None:
+            if self.pipeline.install_keyframe(ready):
+                self.stats.keyframes_encoded += 1
+            else:
+                self.stats.keyframes_stale += 1
+        result = self.pipeline.process(frame)
+        if result.keyframe:
+            self.stats.keyframes_first += 1
+        self.stats.products += self.sink.frame(result)
+        return result
+
+    def _collect(self) -> None:
+        """Take the in-flight encode's outcome if it has finished (its keyframe waits in `_ready`)."""
+        future = self._encoding
+        if future is None or not future.done():
+            return
+        self._encoding = None
+        error = future.exception()
+        if error is not None:
+            self.stats.encoder_errors += 1
+            log.error("keyframe encode failed (%s: %s); continuing by propagation", type(error).__name__, error)
+            return
+        self._ready = future.result()
+
+    async def _report(self, every: float, on_stats: Callable[[LiveStats], None]) -> None:
+        while True:
+            await asyncio.sleep(every)
+            on_stats(self.stats)
+
+
+def install_signal_handlers(live: LivePipeline) -> Callable[[], None]:
+    """Make SIGINT and SIGTERM stop `live` cleanly; returns a function that removes the handlers.
+
+    Must be called from the thread running the event loop (the main thread).
+    """
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, live.stop)
+
+    def remove() -> None:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+@dataclass
+class LiveReport:
+    summary: RunSummary
+    stats: LiveStats
+
+
+async def run_live_async(source: FrameSource, out_dir: str | Path, config: Config, *,
+                         segmenter: Segmenter | None = None, duration: float | None = None,
+                         handle_signals: bool = True, stats_every: float = 1.0,
+                         on_stats: Callable[[LiveStats], None] | None = None,
+                         on_result: Callable[[FrameResult], None] | None = None) -> LiveReport:
+    """Run `source` live into `out_dir` (products as `turncrop run` writes them, plus live stats in the
+    manifest under "live"). The source is not closed here."""
+    pipeline = build_pipeline(config, segmenter, frame_rate=source.fps or 30.0, defer_keyframes=True)
+    sink = ProductSink(Path(out_dir), config, source, pipeline)
+    live = LivePipeline(source, pipeline, sink, on_result=on_result)
+    remove = install_signal_handlers(live) if handle_signals else None
+    try:
+        stats = await live.run(duration, stats_every=stats_every, on_stats=on_stats)
+    finally:
+        if remove is not None:
+            remove()
+    return LiveReport(sink.summary, stats)
+
+
+def run_live(source: FrameSource, out_dir: str | Path, config: Config, **options) -> LiveReport:
+    """`run_live_async` in a fresh event loop (`asyncio.run`); options as there."""
+    return asyncio.run(run_live_async(source, out_dir, config, **options))

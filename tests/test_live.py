@@ -1,0 +1,298 @@
+"""The live pipeline: paced sources, the latest-frame slot, background keyframes, failures, SIGINT, cameras."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from turncrop.models.graphcut import GraphCutSegmenter
+from turncrop.stream.cli import main
+from turncrop.stream.config import load_config
+from turncrop.stream.live import LatestFrame, run_live
+from turncrop.stream.live_sources import CameraSource, MonotonicClock, RealtimeSource
+from turncrop.stream.sources import FrameSource, ImageFolderSource, SourceError, open_source
+from turncrop.tracking.frame import Frame
+from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
+from turncrop.tracking.masktrack import MaskTracker
+from turncrop.tracking.propagation import FlowPropagator
+
+SAMPLE = Path(__file__).resolve().parents[1] / "recordings" / "mic_turntable" / "video.mp4"
+FPS = 15.0  # every 2nd frame of the 30 fps recording
+
+
+@pytest.fixture(scope="module")
+def short_session(tmp_path_factory) -> Path:
+    """Every 2nd frame of the sample (70 frames: 10 empty, 50 with the product, 10 empty) at 480x360."""
+    folder = tmp_path_factory.mktemp("live_session")
+    with open_source(SAMPLE) as source:
+        for frame in source:
+            if frame.index % 2 == 0:
+                small = cv2.resize(frame.image, (480, 360), interpolation=cv2.INTER_AREA)
+                cv2.imwrite(str(folder / f"{frame.index // 2:03d}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def _config(**overrides):
+    return load_config("default", {"backend": "graphcut", "keyframes.max_interval": 4, **overrides})
+
+
+def _paced(folder: Path, speed: float = 1.0) -> RealtimeSource:
+    return RealtimeSource(ImageFolderSource(folder, fps=FPS), MonotonicClock(speed))
+
+
+class SlowEncoder:
+    """Graph cut whose encode sleeps `delay` seconds (a heavy encoder) and optionally raises on call `fail_on`."""
+
+    def __init__(self, delay: float = 0.0, fail_on: int | None = None) -> None:
+        self.inner = GraphCutSegmenter()
+        self.name = "slow_graphcut"
+        self.delay, self.fail_on = delay, fail_on
+        self.calls = 0
+
+    def encode(self, image, frame_index=-1):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("simulated encoder failure")
+        time.sleep(self.delay)
+        return self.inner.encode(image, frame_index)
+
+    def decode(self, embedding, prompt, image):
+        return self.inner.decode(embedding, prompt, image)
+
+
+def _product_written(out: Path) -> dict:
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [p["status"] for p in manifest["products"]] == ["ok"]
+    for name in manifest["products"][0]["files"]:
+        assert (out / name).stat().st_size > 0
+    return manifest
+
+
+# -- the live pipeline ---------------------------------------------------------------------------------
+
+
+def test_live_replay_exports_the_product(short_session, tmp_path):
+    with _paced(short_session) as source:
+        report = run_live(source, tmp_path, _config(), handle_signals=False)
+    stats = report.stats
+    assert stats.frames_in == 70
+    # Every frame read was either processed or dropped by the latest-frame slot (the source ended).
+    assert stats.frames_processed + stats.frames_dropped == stats.frames_in
+    assert stats.frames_processed >= 10 and stats.products == 1
+    manifest = _product_written(tmp_path)
+    assert manifest["live"]["frames_processed"] == stats.frames_processed
+    assert stats.keyframes_first >= 1
+
+
+def test_slow_encoder_runs_off_the_frame_path(short_session, tmp_path):
+    with _paced(short_session) as source:
+        report = run_live(source, tmp_path, _config(), segmenter=SlowEncoder(delay=0.5), handle_signals=False)
+    stats = report.stats
+    assert stats.keyframes_encoded >= 1
+    # Frames kept being segmented (on the previous embedding) while background encodes were in flight.
+    assert stats.frames_during_encode >= 2
+    assert stats.frames_dropped > 0  # a 30 fps (2x 15 fps) source outruns graph cut: the slot drops
+    assert stats.frames_processed + stats.frames_dropped == stats.frames_in
+    _product_written(tmp_path)
+
+
+def test_encoder_failure_is_logged_and_the_stream_goes_on(short_session, tmp_path, caplog):
+    caplog.set_level(logging.ERROR, logger="turncrop.stream.live")
+    segmenter = SlowEncoder(fail_on=2)  # call 1 is the product's first keyframe; call 2 the first deferred one
+    with _paced(short_session) as source:
+        report = run_live(source, tmp_path, _config(), segmenter=segmenter, handle_signals=False)
+    stats = report.stats
+    assert stats.encoder_errors == 1
+    assert "keyframe encode failed (RuntimeError: simulated encoder failure)" in caplog.text
+    assert stats.keyframes_encoded >= 1  # a later keyframe succeeded
+    assert stats.frames_processed + stats.frames_dropped == stats.frames_in
+    _product_written(tmp_path)
+
+
+def test_sigint_finishes_the_product_in_progress(short_session, tmp_path):
+    seen = []
+
+    def on_result(result) -> None:
+        if len(result.detections):
+            seen.append(result.frame.index)
+            if len(seen) == 4:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.getsignal(signal.SIGINT)
+    with _paced(short_session) as source:
+        report = run_live(source, tmp_path, _config(), on_result=on_result)
+    assert signal.getsignal(signal.SIGINT) is previous  # the live runner removed its handler
+    assert 4 <= len(seen) <= 6  # stopped within a frame or two of the signal
+    assert report.stats.frames_in < 70
+    manifest = _product_written(tmp_path)
+    sidecar = json.loads((tmp_path / "product-001.json").read_text())
+    assert "source ended" in json.dumps(sidecar)
+    assert manifest["products"][0]["last_frame"] == seen[-1]
+
+
+def test_latest_frame_slot_keeps_the_newest():
+    import asyncio
+
+    async def scenario():
+        slot = LatestFrame()
+        frames = [Frame(np.zeros((2, 2, 3), np.uint8), i, i / 30) for i in range(3)]
+        for f in frames:
+            slot.put(f)
+        got, _ = await slot.get()
+        slot.close()
+        return got.index, slot.dropped, await slot.get()
+
+    assert asyncio.run(scenario()) == (2, 2, None)
+
+
+# -- deferred keyframes in the tracker -------------------------------------------------------------------
+
+
+def _square_frames(n: int) -> list[Frame]:
+    frames = []
+    for i in range(n):
+        image = np.full((120, 160, 3), 200, np.uint8)
+        image[40:80, 50 + i:90 + i] = (30, 60, 160)
+        frames.append(Frame(image, i, i / 30))
+    return frames
+
+
+def test_deferred_keyframe_installs_and_goes_stale_after_reset():
+    tracker = MaskTracker(GraphCutSegmenter(), KeyframePolicy(KeyframeOptions(max_interval=2)), FlowPropagator(),
+                          defer_keyframes=True)
+    frames = _square_frames(4)
+    box = np.array([50, 40, 90, 80], np.float32)
+    first = tracker.step(frames[0], box)
+    assert first.keyframe and tracker.take_request() is None  # the first keyframe is encoded in place
+    tracker.step(frames[1], None)
+    assert tracker.take_request() is None
+    third = tracker.step(frames[2], None)  # max_interval: deferred
+    request = tracker.take_request()
+    assert request is not None and not third.keyframe and "encoding deferred" in third.reason
+    keyframe = tracker.encode_keyframe(request)
+    tracker.step(frames[3], None)
+    assert tracker.install(keyframe)
+    assert tracker.step(frames[3], None).mask[60, 70]
+    tracker.reset()
+    tracker.step(frames[0], box)
+    assert not tracker.install(keyframe)  # belonged to the object before the reset
+
+
+# -- sources -----------------------------------------------------------------------------------------------
+
+
+class ListSource(FrameSource):
+    def __init__(self, frames: list[Frame]) -> None:
+        super().__init__("list", 10.0, len(frames), frames[0].size)
+        self.frames = frames
+
+    def _frames(self) -> Iterator[Frame]:
+        yield from self.frames
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.sleeps.append(round(seconds, 6))
+            self.t += seconds
+
+
+def test_realtime_source_paces_at_the_timestamps():
+    clock = FakeClock()
+    frames = [Frame(np.zeros((2, 2, 3), np.uint8), i, t) for i, t in enumerate([0.0, 0.1, 0.25, 0.3])]
+    source = RealtimeSource(ListSource(frames), clock)
+    got = []
+    for frame in source:
+        got.append((frame.index, round(clock.t - 100.0, 6)))
+        if frame.index == 1:
+            clock.t += 0.2  # the consumer is late: frame 2 is due already, frame 3 a little later
+    assert got == [(0, 0.0), (1, 0.1), (2, 0.3), (3, 0.3)]
+    assert clock.sleeps == [0.1]
+
+
+def test_realtime_source_speeds_up_with_the_clock(short_session):
+    start = time.monotonic()
+    with RealtimeSource(ImageFolderSource(short_session, fps=FPS), MonotonicClock(20.0)) as source:
+        count = sum(1 for _ in source)
+    elapsed = time.monotonic() - start
+    assert count == 70
+    assert 69 / FPS / 20 * 0.9 <= elapsed < 3.0
+
+
+def test_missing_camera_is_a_clear_error(capsys):
+    with pytest.raises(SourceError, match=r"camera /dev/video9: cannot open the camera: no such device"):
+        CameraSource("/dev/video9")
+    assert main(["live", "--camera", "/dev/video9", "--out", "unused"]) == 2
+    assert "camera /dev/video9" in capsys.readouterr().err
+
+
+class FakeCapture:
+    def __init__(self, frames: int, shape=(4, 6, 3)) -> None:
+        self.left, self.shape, self.closed = frames, shape, False
+
+    def read(self) -> np.ndarray:
+        if self.left == 0:
+            raise OSError("device unplugged")
+        self.left -= 1
+        return np.zeros(self.shape, np.uint8)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_camera_reconnects_after_a_drop_then_gives_up():
+    # Opens: the first camera gives 3 frames; reopening fails twice, then a camera gives 2 more frames;
+    # after that the device never comes back.
+    plan: list = [FakeCapture(3), OSError("busy"), OSError("busy"), FakeCapture(2)]
+    opened: list[FakeCapture] = []
+
+    def opener(device):
+        outcome = plan.pop(0) if plan else OSError("no such device")
+        if isinstance(outcome, OSError):
+            raise outcome
+        opened.append(outcome)
+        return outcome
+
+    sleeps: list[float] = []
+    camera = CameraSource("/dev/fake", opener=opener, sleep=sleeps.append, reconnect_attempts=3,
+                          reconnect_delay=0.5)
+    indices = []
+    with pytest.raises(SourceError, match="did not come back after 3 attempts"):
+        for frame in camera:
+            indices.append(frame.index)
+    assert indices == [0, 1, 2, 3, 4]
+    assert camera.reconnects == 1
+    assert sleeps == [0.5, 1.0, 2.0, 0.5, 1.0, 2.0]  # back-off doubles per failed attempt
+    assert all(c.closed for c in opened)
+
+
+def test_camera_missing_at_start_is_not_retried():
+    calls = []
+
+    def opener(device):
+        calls.append(device)
+        raise FileNotFoundError("no such device")
+
+    with pytest.raises(SourceError, match="cannot open the camera"):
+        CameraSource(3, opener=opener)
+    assert calls == [3]
+
+
+def test_live_cli_needs_realtime_for_a_file(short_session, capsys):
+    assert main(["live", str(short_session), "--out", "unused"]) == 2
+    assert "--realtime" in capsys.readouterr().err
