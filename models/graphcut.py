@@ -75,7 +75,7 @@ class GraphCutOptions:
     roi_margin: float = 0.12  # region of interest = prompt box grown by this fraction (+16 px)
     fit_iterations: int = 4  # GrabCut rounds fitting the colour models on a keyframe
     point_radius: float = 0.006  # clicked point's hard-constraint disc, fraction of the diagonal
-    detail_logit: float = 2.0  # unary above which a pixel the cut smoothed away is kept in "detail"
+    detail_logit: float = 6.0  # unary above which a pixel the cut smoothed away is kept in "detail"
 
     def __post_init__(self) -> None:
         for name in ("smoothness", "colour_weight", "colour_clip", "prior_clip", "roi_margin", "point_radius"):

@@ -21,7 +21,7 @@ _PRESETS = {
 class PropagationOptions:
     preset: str = "fast"
     work_max_side: int = 640  # flow is computed on a frame resized to at most this side
-    prior_strength: float = 3.0  # log-odds deep inside / outside the carried mask
+    prior_strength: float = 1.0  # log-odds deep inside / outside the carried mask
     prior_width: float = 0.01  # distance to the mask edge (fraction of the diagonal) reaching full strength
 
     def __post_init__(self) -> None:
