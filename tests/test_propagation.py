@@ -153,10 +153,11 @@ def test_prior_logits_default_width_and_degenerate_masks():
     mask = np.zeros((H, W), bool)
     mask[40:120, 50:150] = True
     logits = fp.prior_logits(mask)
+    strength = fp.options.prior_strength
     assert ((logits > 0) == mask).all()
-    np.testing.assert_allclose(logits[45:115, 55:145], 3.0)
-    np.testing.assert_allclose(fp.prior_logits(np.zeros((H, W), bool)), -3.0)
-    np.testing.assert_allclose(fp.prior_logits(np.ones((H, W), bool)), 3.0)
+    np.testing.assert_allclose(logits[45:115, 55:145], strength)
+    np.testing.assert_allclose(fp.prior_logits(np.zeros((H, W), bool)), -strength)
+    np.testing.assert_allclose(fp.prior_logits(np.ones((H, W), bool)), strength)
 
 
 @pytest.mark.parametrize(
