@@ -32,20 +32,11 @@ import numpy as np
 
 from turncrop.models.base import Segmenter
 from turncrop.stream.config import Config
-from turncrop.stream.runner import (
-    RunSummary,
-    _export,
-    _export_spin,
-    _manifest_head,
-    _record_spin,
-    _write_manifest,
-    build_pipeline,
-)
+from turncrop.stream.runner import ProductSink, RunSummary, build_pipeline
 from turncrop.stream.sources import FrameSource, SourceError
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.masktrack import Keyframe
-from turncrop.tracking.products import FrameResult, ProductEnded, ProductPipeline
-from turncrop.tracking.spin import SpinRecorder
+from turncrop.tracking.products import FrameResult, ProductPipeline
 
 log = logging.getLogger(__name__)
 
@@ -152,44 +143,6 @@ class LatestFrame:
             await self._ready.wait()
         item, self._item = self._item, None
         return item
-
-
-class ProductSink:
-    """Writes each ended product (still, spin set) and the manifest, as `stream.runner.run` does."""
-
-    def __init__(self, out: Path, config: Config, source: FrameSource, pipeline: ProductPipeline) -> None:
-        self.out, self.config, self.pipeline = out, config, pipeline
-        out.mkdir(parents=True, exist_ok=True)
-        self.summary = RunSummary(source=source.name, out_dir=out, backend=pipeline.segmenter.name)
-        self.head = _manifest_head(self.summary, config, source)
-        self.started = time.perf_counter()
-        self._spins: dict[int, SpinRecorder] = {}
-
-    def frame(self, result: FrameResult) -> int:
-        """Record one frame's result and export the products it ended; returns how many were exported."""
-        self.summary.frames += 1
-        _record_spin(self._spins, result, self.config)
-        return self.events(result.events)
-
-    def events(self, events: list) -> int:
-        exported = 0
-        for event in events:
-            if not isinstance(event, ProductEnded):
-                continue
-            if event.transient:
-                self._spins.pop(event.product.number, None)
-                continue
-            entry = _export(self.out, event, self.summary.backend, self.summary.source, self.config)
-            self.summary.products.append(entry)
-            _export_spin(self.out, event, self._spins, entry, self.config)
-            self.write_manifest()
-            exported += 1
-        return exported
-
-    def write_manifest(self, live: dict | None = None) -> None:
-        if live is not None:
-            self.head["live"] = live
-        _write_manifest(self.out, self.head, self.summary, self.pipeline, self.started)
 
 
 class LivePipeline:

@@ -113,41 +113,60 @@ def segment(source: FrameSource, pipeline: ProductPipeline) -> Iterator[FrameRes
 def run(source_path: str | Path, out_dir: str | Path, config: Config, *,
         on_frame: Callable[[FrameResult], None] | None = None) -> RunSummary:
     """Process a recording end to end: segment, pick stills, export them and the manifest."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     with open_source(source_path) as source:
         pipeline = build_pipeline(config, frame_rate=source.fps or 30.0)
-        summary = RunSummary(source=str(source_path), out_dir=out, backend=pipeline.segmenter.name)
-        manifest = _manifest_head(summary, config, source)
-        spins: dict[int, SpinRecorder] = {}  # product number -> its recorder, while on the stage
-
-        def finish_products(events: list) -> None:
-            for event in events:
-                if not isinstance(event, ProductEnded):
-                    continue
-                if event.transient:
-                    spins.pop(event.product.number, None)
-                    continue
-                entry = _export(out, event, summary.backend, str(source_path), config)
-                summary.products.append(entry)
-                _export_spin(out, event, spins, entry, config)
-                _write_manifest(out, manifest, summary, pipeline, started)
-
+        sink = ProductSink(Path(out_dir), config, source, pipeline, source_name=str(source_path))
         try:
             for result in segment(source, pipeline):
-                summary.frames += 1
-                _record_spin(spins, result, config)  # before the events: the last frame may end its product
-                finish_products(result.events)
+                sink.frame(result)
                 if on_frame is not None:
                     on_frame(result)
         except SourceError as exc:
             # Keep what was produced: close the product on stage, export it, and report the error.
-            summary.error = str(exc)
+            sink.summary.error = str(exc)
             log.error("%s", exc)
-            finish_products(pipeline.finish(summary.frames - 1))
-        _write_manifest(out, manifest, summary, pipeline, started)
-    return summary
+            sink.events(pipeline.finish(sink.summary.frames - 1))
+        sink.write_manifest()
+    return sink.summary
+
+
+class ProductSink:
+    """Writes each ended product (still, spin set) and rewrites the manifest after each; shared by replay and live."""
+
+    def __init__(self, out: Path, config: Config, source: FrameSource, pipeline: ProductPipeline,
+                 source_name: str | None = None) -> None:
+        self.out, self.config, self.pipeline = out, config, pipeline
+        out.mkdir(parents=True, exist_ok=True)
+        self.summary = RunSummary(source=source_name or source.name, out_dir=out, backend=pipeline.segmenter.name)
+        self.head = _manifest_head(self.summary, config, source)
+        self.started = time.perf_counter()
+        self._spins: dict[int, SpinRecorder] = {}
+
+    def frame(self, result: FrameResult) -> int:
+        """Record one frame's result and export the products it ended; returns how many were exported."""
+        self.summary.frames += 1
+        _record_spin(self._spins, result, self.config)
+        return self.events(result.events)
+
+    def events(self, events: list) -> int:
+        exported = 0
+        for event in events:
+            if not isinstance(event, ProductEnded):
+                continue
+            if event.transient:
+                self._spins.pop(event.product.number, None)
+                continue
+            entry = _export(self.out, event, self.summary.backend, self.summary.source, self.config)
+            self.summary.products.append(entry)
+            _export_spin(self.out, event, self._spins, entry, self.config)
+            self.write_manifest()
+            exported += 1
+        return exported
+
+    def write_manifest(self, live: dict | None = None) -> None:
+        if live is not None:
+            self.head["live"] = live
+        _write_manifest(self.out, self.head, self.summary, self.pipeline, self.started)
 
 
 def _export(out: Path, event: ProductEnded, backend: str, source: str, config: Config) -> dict:
