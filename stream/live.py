@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ import numpy as np
 
 from turncrop.models.base import Segmenter
 from turncrop.stream.config import Config
+from turncrop.stream.recording import SessionRecorder
 from turncrop.stream.runner import ProductSink, RunSummary, build_pipeline
 from turncrop.stream.sources import FrameSource, SourceError
 from turncrop.tracking.frame import Frame
@@ -145,15 +148,60 @@ class LatestFrame:
         return item
 
 
+class PushSource(FrameSource):
+    """Frames handed in from outside (a WebRTC track's receive loop), newest wins, until `close()`.
+
+    `put` never waits (call it on the event loop as frames arrive); iterating blocks until the next frame,
+    so the live pipeline's source worker reads it like a camera. A frame replaced before it was read is
+    dropped and counted in `dropped`. `close()` ends the iteration; a frame still waiting is discarded.
+    Iterating a source closed before it was read yields nothing (the peer left before the stream began).
+    """
+
+    def __init__(self, name: str, size: tuple[int, int], fps: float = 30.0) -> None:
+        super().__init__(name, fps, None, size)
+        self.dropped = 0
+        self._frame: Frame | None = None
+        self._changed = threading.Condition()
+
+    def put(self, frame: Frame) -> None:
+        with self._changed:
+            if self._closed:
+                return
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self._changed.notify()
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self._frames()
+
+    def _frames(self) -> Iterator[Frame]:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._frame is not None or self._closed)
+                if self._closed:
+                    self._frame = None
+                    return
+                frame, self._frame = self._frame, None
+            yield frame
+
+    def close(self) -> None:
+        with self._changed:
+            super().close()
+            self._changed.notify_all()
+
+
 class LivePipeline:
     """Runs a `FrameSource` through a deferred-keyframe `ProductPipeline` in real time (module docstring)."""
 
     def __init__(self, source: FrameSource, pipeline: ProductPipeline, sink: ProductSink, *,
-                 on_result: Callable[[FrameResult], None] | None = None) -> None:
+                 on_result: Callable[[FrameResult], None] | None = None,
+                 recorder: SessionRecorder | None = None) -> None:
         if not pipeline.masks.defer_keyframes:
             raise ValueError("LivePipeline needs a ProductPipeline built with defer_keyframes=True")
         self.source, self.pipeline, self.sink = source, pipeline, sink
         self.on_result = on_result
+        self.recorder = recorder  # notes every frame, drop, keyframe hand-off and command for a replay
         self.stats = LiveStats()
         self.error: str | None = None
         self._stop: asyncio.Event | None = None
@@ -187,6 +235,8 @@ class LivePipeline:
                 slot.close()
                 if timer is not None:
                     timer.cancel()
+                if isinstance(self.source, PushSource):
+                    self.source.close()  # its reader waits for frames that will not come now
                 await reader  # returns after the frame being read (a frame period at most)
                 if reporter is not None:
                     reporter.cancel()
@@ -195,7 +245,7 @@ class LivePipeline:
                     await asyncio.gather(self._encoding, return_exceptions=True)
                 ended = self.pipeline.finish(self._last_index)
                 self.stats.products += await loop.run_in_executor(frame_pool, self.sink.events, ended)
-                self.stats.frames_dropped = slot.dropped
+                self.stats.frames_dropped = slot.dropped + self._upstream_dropped()
                 self.stats.ended = time.monotonic()
                 self.sink.summary.error = self.error
                 self.sink.write_manifest(self.stats.as_dict())
@@ -206,14 +256,18 @@ class LivePipeline:
     async def _read(self, slot: LatestFrame, pool: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         frames = iter(self.source)
+        read = 0
         try:
             while not self._stop.is_set():
                 frame = await loop.run_in_executor(pool, next, frames, None)
                 if frame is None:
                     break
-                self.stats.frames_in += 1
+                read += 1
                 slot.put(frame)
-                self.stats.frames_dropped = slot.dropped
+                if self.recorder is not None:
+                    await loop.run_in_executor(pool, self.recorder.frame, frame)
+                self.stats.frames_in = read + self._upstream_dropped()
+                self.stats.frames_dropped = slot.dropped + self._upstream_dropped()
         except SourceError as e:
             self.error = str(e)
             log.error("%s", e)
@@ -237,9 +291,14 @@ class LivePipeline:
             self.stats.frames_processed += 1
             self.stats.frames_during_encode += int(in_flight)
             self._last_index = frame.index
+            if self.recorder is not None:
+                self.recorder.processed(frame.index)
+                self.recorder.commands(result.events)
             self._collect()
             request = self.pipeline.take_keyframe_request()
             if request is not None:
+                if self.recorder is not None:
+                    self.recorder.keyframe_request(request.frame.index, encoded=self._encoding is None)
                 if self._encoding is None:
                     self._encoding = loop.run_in_executor(encoder_pool, self.pipeline.encode_keyframe, request)
                 else:
@@ -247,9 +306,15 @@ class LivePipeline:
             if self.on_result is not None:
                 self.on_result(result)
 
+    def _upstream_dropped(self) -> int:
+        """Frames a push source replaced before the source worker read them (they never reached the slot)."""
+        return self.source.dropped if isinstance(self.source, PushSource) else 0
+
     def _step(self, frame: Frame, ready: Keyframe | None) -> FrameResult:
         """The frame path (on the frame worker): install a finished keyframe, segment, export."""
         if ready is not None:
+            if self.recorder is not None:
+                self.recorder.keyframe_installed(ready.request.frame.index, before=frame.index)
             if self.pipeline.install_keyframe(ready):
                 self.stats.keyframes_encoded += 1
             else:
@@ -306,18 +371,26 @@ async def run_live_async(source: FrameSource, out_dir: str | Path, config: Confi
                          segmenter: Segmenter | None = None, duration: float | None = None,
                          handle_signals: bool = True, stats_every: float = 1.0,
                          on_stats: Callable[[LiveStats], None] | None = None,
-                         on_result: Callable[[FrameResult], None] | None = None) -> LiveReport:
+                         on_result: Callable[[FrameResult], None] | None = None,
+                         record: str | Path | None = None, record_codec: str = "ffv1") -> LiveReport:
     """Run `source` live into `out_dir` (products as `turncrop run` writes them, plus live stats in the
-    manifest under "live"). The source is not closed here."""
+    manifest under "live"). The source is not closed here. `record`: also record the session into this
+    new folder (`turncrop replay` reproduces the run from it)."""
     pipeline = build_pipeline(config, segmenter, frame_rate=source.fps or 30.0, defer_keyframes=True)
     sink = ProductSink(Path(out_dir), config, source, pipeline)
-    live = LivePipeline(source, pipeline, sink, on_result=on_result)
+    recorder = None
+    if record is not None:
+        recorder = SessionRecorder(record, config, source.fps or 30.0, source.size, source=source.name,
+                                   backend=pipeline.segmenter.name, codec=record_codec)
+    live = LivePipeline(source, pipeline, sink, on_result=on_result, recorder=recorder)
     remove = install_signal_handlers(live) if handle_signals else None
     try:
         stats = await live.run(duration, stats_every=stats_every, on_stats=on_stats)
     finally:
         if remove is not None:
             remove()
+        if recorder is not None:
+            recorder.close({"live": live.stats.as_dict()})
     return LiveReport(sink.summary, stats)
 
 
