@@ -24,6 +24,7 @@ from turncrop.models.base import Embedding, MaskSet, Prompt
 
 _OUTSIDE_LOGIT = -12.0
 _FIT_MAX_SIDE = 480  # colour models are fitted on the keyframe resized to at most this side
+POINTS_ONLY_REACH = 0.2  # of the image diagonal around clicks given without a box or mask
 _HARD = 1e4  # unary for hard constraints (clicked points), beyond any cut's cost
 
 
@@ -161,6 +162,9 @@ class GraphCutSegmenter:
         x1, y1 = b[:, 2].max(), b[:, 3].max()
         pad_x = self.options.roi_margin * (x1 - x0) + 16
         pad_y = self.options.roi_margin * (y1 - y0) + 16
+        if prompt.box is None and prompt.mask_logits is None:
+            # Clicks alone say where the object is, not how big: search a neighbourhood a product could fill.
+            pad_x = pad_y = max(pad_x, pad_y, POINTS_ONLY_REACH * float(np.hypot(h, w)))
         return _Roi(
             y0=int(max(0, np.floor(y0 - pad_y))),
             y1=int(min(h, np.ceil(y1 + pad_y))),

@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 RECORDINGS = REPO / "recordings"
+SAMPLE = RECORDINGS / "mic_turntable" / "video.mp4"
 
 _MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff"}
 
@@ -35,3 +36,23 @@ def load_masks(folder: str | Path) -> list[np.ndarray]:
             raise OSError(f"cannot read mask {path}")
         masks.append(mask > 127)
     return masks
+
+
+def write_short_session(folder: Path, size: tuple[int, int] = (480, 360), step: int = 2) -> Path:
+    """Every `step`-th frame of the bundled sample, resized to `size`, as PNGs in `folder`; with the defaults
+    70 frames: 10 empty, 50 with the product (10..59), 10 empty. The ground truth goes to `folder/gt`."""
+    from turncrop.stream.sources import open_source
+
+    gt = folder / "gt"
+    gt.mkdir(parents=True, exist_ok=True)
+    masks = sorted((SAMPLE.parent / "gt").glob("*.png"))
+    with open_source(SAMPLE) as source:
+        for frame in source:
+            if frame.index % step:
+                continue
+            name = f"{frame.index // step:03d}.png"
+            small = cv2.resize(frame.image, size, interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(folder / name), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+            mask = cv2.imread(str(masks[frame.index]), cv2.IMREAD_GRAYSCALE)
+            cv2.imwrite(str(gt / name), cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
+    return folder

@@ -24,20 +24,15 @@ from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
 from turncrop.tracking.masktrack import MaskTracker
 from turncrop.tracking.propagation import FlowPropagator
 
-SAMPLE = Path(__file__).resolve().parents[1] / "recordings" / "mic_turntable" / "video.mp4"
+from data_paths import SAMPLE, write_short_session
+
 FPS = 15.0  # every 2nd frame of the 30 fps recording
 
 
 @pytest.fixture(scope="module")
 def short_session(tmp_path_factory) -> Path:
     """Every 2nd frame of the sample (70 frames: 10 empty, 50 with the product, 10 empty) at 480x360."""
-    folder = tmp_path_factory.mktemp("live_session")
-    with open_source(SAMPLE) as source:
-        for frame in source:
-            if frame.index % 2 == 0:
-                small = cv2.resize(frame.image, (480, 360), interpolation=cv2.INTER_AREA)
-                cv2.imwrite(str(folder / f"{frame.index // 2:03d}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
-    return folder
+    return write_short_session(tmp_path_factory.mktemp("live_session"))
 
 
 def _config(**overrides):

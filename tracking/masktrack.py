@@ -135,13 +135,15 @@ class MaskTracker:
         if box is not None and self._embedding is not None:
             size = max(float(box[2] - box[0]), float(box[3] - box[1]), 1.0)
             motion = float(np.hypot(*self._drift)) / size
-        dense = prior
+        dense = prior if points is None else None  # the operator's clicks overrule the carried-forward mask
         if evidence is not None:
             dense = evidence if dense is None else dense + evidence
         prompt = Prompt(points=points, point_labels=point_labels, box=box, mask_logits=dense)
 
         decision = self.policy.before_decode(frame.index, motion=motion, new_track=new_track, operator=rekey)
         defer = self.defer_keyframes and self._embedding is not None
+        if points is not None:
+            propagated = None  # ranking candidates by agreement with the mask being corrected defeats the clicks
         if self._embedding is None or (decision.keyframe and not defer):
             result = self._keyframe(frame, prompt, propagated, decision)
         elif decision.keyframe:

@@ -7,12 +7,16 @@ object takes its place. It is found by one of three prompts, checked in this ord
      backdrop is a product;
   3. an object detector, when one is configured.
 Boxes get ids from ByteTrack; the mask of every frame comes from `MaskTracker`.
+
+While it runs an operator can steer it with `OperatorCommand`s (`command`): clicks and boxes prompt a
+keyframe on the next frame (starting a product if none is on stage), "re-key" forces one, "next product"
+ends the product on stage; the stage must then be seen empty before the stage model starts another.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,6 +29,7 @@ from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
 from turncrop.tracking.masks import mask_box
 from turncrop.tracking.masktrack import Keyframe, KeyframeRequest, MaskResult, MaskTracker
+from turncrop.tracking.operator import CommandApplied, OperatorCommand
 from turncrop.tracking.propagation import FlowPropagator, PropagationOptions
 from turncrop.tracking.stage import StageModel, StageOptions
 from turncrop.tracking.stills import CandidatePool, StillScore, StillWeights, score_still
@@ -181,25 +186,42 @@ class ProductPipeline:
         self.product: Product | None = None
         self.products_started = 0
         self.frames_seen = 0
+        self._commands: deque[OperatorCommand] = deque()  # appended by any thread, taken by `process`
+        self._hold_until_empty = False  # after "next product": the same object is not a new product
+
+    def command(self, command: OperatorCommand) -> None:
+        """Queue an operator command for the next `process` call. Safe from any thread."""
+        if not isinstance(command, OperatorCommand):
+            raise TypeError(f"expected an OperatorCommand, got {type(command).__name__}")
+        self._commands.append(command)
 
     def process(self, frame: Frame) -> FrameResult:
         self.frames_seen += 1
         events: list = []
-        if self._warming_up(frame):
+        operator = self._apply_commands(frame, events)
+        if operator.get("prompt") is not None:
+            if self.stage is not None and not self.stage.ready:
+                self.stage.seal()  # the operator prompted during warm-up: the frames before were the stage
+        elif self._warming_up(frame):
             return FrameResult(frame, sv.Detections.empty(), events=events)
         evidence = self.stage.log_odds(frame.image) if self.stage is not None and self.stage.ready else None
         detections = self._detect(frame, evidence)
-        if self.product is not None and self._product_gone(detections):
+        if self.product is not None and self._product_gone(detections) and operator.get("prompt") is None:
             self._end(frame.index, "left the stage", events)
         if self.product is None:
-            start = self._find_start(frame, detections)
+            start = operator.get("prompt") or self._find_start(frame, detections)
             if start is None:
-                self._learn_empty(frame)
+                if not len(detections):
+                    self._learn_empty(frame)
                 return FrameResult(frame, sv.Detections.empty(), events=events)
             self._begin(frame, events)
             self.product.track_id = start.get("track_id")
             return self._segment(frame, evidence, start, events, initial=True)
-        return self._segment(frame, evidence, self._track(frame, detections), events, initial=False)
+        prompt = self._track(frame, detections)
+        if operator.get("prompt") is not None:
+            prompt = self._operator_prompt(operator["prompt"], prompt)
+        prompt["rekey"] = operator.get("rekey", False)
+        return self._segment(frame, evidence, prompt, events, initial=False)
 
     def finish(self, frame_index: int) -> list:
         """The source ended: close the product on the stage, if any."""
@@ -224,6 +246,56 @@ class ProductPipeline:
         self.product.keyframe_reasons[keyframe.request.decision.reason] += 1
         return True
 
+    # -- operator ----------------------------------------------------------------------------------------
+
+    def _apply_commands(self, frame: Frame, events: list) -> dict:
+        """Take the queued commands for this frame: {"prompt": dict | None, "rekey": bool}.
+
+        Several commands queued for one frame combine: clicks accumulate, the last box wins, and "next
+        product" ends the product on stage before any prompt starts the next one.
+        """
+        taken = []
+        while self._commands:
+            taken.append(self._commands.popleft())
+        if not taken:
+            return {}
+        points, labels, box, rekey = [], [], None, False
+        for command in taken:
+            events.append(CommandApplied(frame.index, command))
+            log.info("frame %d: operator %s", frame.index, command.as_dict())
+            if command.kind == "next_product":
+                if self.product is not None:
+                    self._end(frame.index, "operator: next product", events)
+                self._hold_until_empty = True
+                points, labels, box = [], [], None
+            elif command.kind == "rekey":
+                rekey = True
+            elif command.kind == "box":
+                box, points, labels = command.box, [], []
+            else:
+                points.extend(command.points)
+                labels.extend(command.labels)
+        if box is None and not points:
+            return {"prompt": None, "rekey": rekey}
+        self._hold_until_empty = False
+        prompt = {"box": box, "points": np.asarray(points, np.float32) if points else None,
+                  "point_labels": np.asarray(labels, np.int32) if points else None}
+        return {"prompt": prompt, "rekey": True}
+
+    def _operator_prompt(self, operator: dict, tracked: dict) -> dict:
+        """The prompt for a product on stage when the operator prompted: a drawn box starts the mask over
+        (no carried-forward prior); clicks keep the tracked box, grown to hold every positive click."""
+        if operator["box"] is not None:
+            self.masks.reset()
+            return {"box": operator["box"], "points": operator["points"], "point_labels": operator["point_labels"]}
+        box = tracked.get("box")
+        if box is None and self.product.box is not None:
+            box = self.product.box
+        positive = operator["points"][operator["point_labels"] > 0]
+        if box is not None and len(positive):
+            box = np.concatenate([np.minimum(box[:2], positive.min(0)), np.maximum(box[2:], positive.max(0) + 1)])
+        return {**tracked, "box": box, "points": operator["points"], "point_labels": operator["point_labels"]}
+
     # -- finding products ------------------------------------------------------------------------
 
     def _detect(self, frame: Frame, evidence: np.ndarray | None) -> sv.Detections:
@@ -242,6 +314,9 @@ class ProductPipeline:
             return {"box": p.box, "points": p.points, "point_labels": p.point_labels}
         if p is not None and self.products_started == 0 and frame.index < p.frame_index:
             return None  # waiting for the operator's frame; these frames teach the stage
+        if self._hold_until_empty:
+            self._hold_until_empty = len(detections) > 0
+            return None
         if len(detections):
             tracked = self.boxes.update(detections[:1], frame.timestamp)
             box = tracked.data["track_xyxy"][0] if len(tracked) else detections.xyxy[0]
@@ -281,7 +356,9 @@ class ProductPipeline:
             # Only the product's own masks feed its track: prompt with the Kalman prediction, which a
             # one-frame leak into the background cannot drag along the way the mask's own box would.
             predicted = self.boxes.predict(frame.timestamp)
-            return {"box": np.asarray(predicted.xyxy[0], np.float32) if len(predicted) else None}
+            box = np.asarray(predicted.xyxy[0], np.float32) if len(predicted) else None
+            valid = box is not None and box[2] > box[0] and box[3] > box[1]  # a collapsing track can invert
+            return {"box": box if valid else None}
         if not len(detections):
             return {"box": None}
         tracked = self.boxes.update(detections, frame.timestamp)
@@ -325,7 +402,7 @@ class ProductPipeline:
         result = self.masks.step(
             frame, prompt.get("box"), evidence=evidence,
             points=prompt.get("points"), point_labels=prompt.get("point_labels"),
-            new_track=bool(prompt.get("new_track")) and not initial,
+            new_track=bool(prompt.get("new_track")) and not initial, rekey=bool(prompt.get("rekey")) and not initial,
         )
         mask, alpha, still_frame = result.mask, None, frame
         if evidence is not None and mask.any():
