@@ -111,10 +111,13 @@ def segment(source: FrameSource, pipeline: ProductPipeline) -> Iterator[FrameRes
 
 
 def run(source_path: str | Path, out_dir: str | Path, config: Config, *,
-        on_frame: Callable[[FrameResult], None] | None = None) -> RunSummary:
-    """Process a recording end to end: segment, pick stills, export them and the manifest."""
+        on_frame: Callable[[FrameResult], None] | None = None, segmenter: Segmenter | None = None) -> RunSummary:
+    """Process a recording end to end: segment, pick stills, export them and the manifest.
+
+    `segmenter`: use this one instead of building it from `config` (batch: encodes on a Ray actor).
+    """
     with open_source(source_path) as source:
-        pipeline = build_pipeline(config, frame_rate=source.fps or 30.0)
+        pipeline = build_pipeline(config, segmenter, frame_rate=source.fps or 30.0)
         sink = ProductSink(Path(out_dir), config, source, pipeline, source_name=str(source_path))
         try:
             for result in segment(source, pipeline):
