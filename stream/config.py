@@ -99,6 +99,48 @@ class SpinOptions:
 
 
 @dataclass(frozen=True)
+class LiveOptions:
+    """Live streams (`turncrop live`, `turncrop serve`, and replays of their recordings).
+
+    working_size: frames are processed (and products exported) with their longest side at most this many
+      pixels, so the per-frame path fits a camera's frame period; None keeps the camera's size.
+    """
+
+    working_size: int | None = 640
+
+    def __post_init__(self) -> None:
+        if self.working_size is not None and not 64 <= self.working_size <= 8192:
+            raise ValueError(f"working_size must be None or in [64, 8192] px, got {self.working_size}")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """`turncrop serve` (see `turncrop.stream.serve`).
+
+    preview_max_side: longest side in px of the annotated preview sent back (never above the camera's).
+    max_body_bytes: largest request body accepted (an SDP offer is a few kB); larger ones get a 400.
+    stats_every: seconds between statistics messages on a session's data channel.
+    idle_timeout: seconds without a camera frame after which a peer counts as gone (its session ends and
+      the product on stage is exported).
+    """
+
+    preview_max_side: int = 640
+    max_body_bytes: int = 65536
+    stats_every: float = 1.0
+    idle_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 64 <= self.preview_max_side <= 4096:
+            raise ValueError(f"preview_max_side must be in [64, 4096] px, got {self.preview_max_side}")
+        if not 1024 <= self.max_body_bytes <= 16 * 1024 * 1024:
+            raise ValueError(f"max_body_bytes must be in [1024, 16777216], got {self.max_body_bytes}")
+        if not 0.05 <= self.stats_every <= 60.0:
+            raise ValueError(f"stats_every must be in [0.05, 60] s, got {self.stats_every}")
+        if not 0.5 <= self.idle_timeout <= 3600.0:
+            raise ValueError(f"idle_timeout must be in [0.5, 3600] s, got {self.idle_timeout}")
+
+
+@dataclass(frozen=True)
 class Config:
     backend: str = "auto"
     checkpoint: str | None = None
@@ -112,6 +154,8 @@ class Config:
     stills: StillWeights = field(default_factory=StillWeights)
     export: ExportOptions = field(default_factory=ExportOptions)
     spin: SpinOptions = field(default_factory=SpinOptions)
+    live: LiveOptions = field(default_factory=LiveOptions)
+    serve: ServeOptions = field(default_factory=ServeOptions)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_NAMES:

@@ -1,0 +1,151 @@
+"""Shared by the `turncrop serve` tests: a turntable camera made from the bundled session, ICE kept on
+127.0.0.1, the app served on a free loopback port, and an aiortc client that talks to the page's protocol."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from aiohttp import ClientSession, web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+
+from data_paths import RECORDINGS
+from turncrop.stream.sources import open_source
+
+SAMPLE = RECORDINGS / "mic_turntable" / "video.mp4"
+SIZE = (240, 320)  # (H, W) of the test camera: small, so graph cut keeps up on the 2-core build machine
+EMPTY_FRAMES = range(0, 10)  # of `turntable_frames()`: the empty stage ...
+PRODUCT_FRAMES = range(10, 60)  # ... then one full turn of the microphone
+
+
+@functools.lru_cache(maxsize=1)
+def turntable_frames() -> tuple[np.ndarray, ...]:
+    """Every 2nd frame of the bundled 30 fps session at 320x240 RGB: 10 empty, 50 with the product, 10 empty."""
+    frames = []
+    with open_source(SAMPLE) as source:
+        for frame in source:
+            if frame.index % 2 == 0:
+                frames.append(cv2.resize(frame.image, SIZE[::-1], interpolation=cv2.INTER_AREA))
+    return tuple(frames)
+
+
+def loopback_ice(monkeypatch) -> None:
+    """aioice gathers host candidates on every address but 127.0.0.1; here only on 127.0.0.1, so that
+    all test media stays on loopback (server and client in this process)."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+class TurntableCamera(VideoStreamTrack):
+    """A camera over the turntable: the empty stage, or the product turning (set `scene`); 30 fps."""
+
+    def __init__(self, scene: str = "empty") -> None:
+        super().__init__()
+        self.scene = scene
+        self.sent = 0
+        self._frames = turntable_frames()
+        self._position = {"empty": 0, "product": 0}
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        shots = EMPTY_FRAMES if self.scene == "empty" else PRODUCT_FRAMES
+        i = self._position[self.scene]
+        self._position[self.scene] = i + 1
+        frame = av.VideoFrame.from_ndarray(self._frames[shots[i % len(shots)]], format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        self.sent += 1
+        return frame
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on 127.0.0.1 at a free port; yields its base URL. Shutting down closes its sessions."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        await runner.cleanup()
+
+
+class Client:
+    """A page in Python: sends a camera, receives the preview, speaks JSON on the "control" channel."""
+
+    def __init__(self, base: str, camera: VideoStreamTrack) -> None:
+        self.base, self.camera = base, camera
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.messages: list[dict] = []
+        self.previews: list[np.ndarray] = []
+        self.session: str | None = None
+        self._reader: asyncio.Task | None = None
+        self.channel = self.pc.createDataChannel("control")
+        self.channel.on("message", lambda m: self.messages.append(json.loads(m)))
+        self.pc.addTrack(camera)
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track) -> None:
+        async def read() -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    frame = await track.recv()
+                    self.previews.append(frame.to_ndarray(format="rgb24"))
+                    del self.previews[:-5]
+
+        self._reader = asyncio.ensure_future(read())
+
+    async def connect(self, http: ClientSession) -> None:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
+        async with http.post(self.base + "offer", json=offer) as response:
+            assert response.status == 200, await response.text()
+            answer = await response.json()
+        self.session = answer["session"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+
+    def send(self, message: dict) -> None:
+        self.channel.send(json.dumps(message))
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [m for m in self.messages if m["type"] == kind]
+
+    async def wait_for(self, what: str, predicate: Callable[[], object], timeout: float) -> object:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; "
+                                     f"messages: {[m['type'] for m in self.messages][-30:]}")
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        await self.pc.close()
+
+
+async def offer_sdp() -> str:
+    """A real browser-like SDP offer with a video track (gathered on loopback; nothing is connected)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(VideoStreamTrack())
+    pc.createDataChannel("control")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+def out_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
