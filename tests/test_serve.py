@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import numpy as np
 import pytest
 from aiohttp import ClientSession
 from yarl import URL
@@ -12,7 +11,7 @@ from yarl import URL
 from turncrop.stream.cli import main
 from turncrop.stream.config import load_config
 from turncrop.stream.serve import STATE, check_bind, create_app, parse_command
-from webrtc_helpers import Client, TurntableCamera, loopback_ice, offer_sdp, out_files, serving, turntable_frames
+from webrtc_helpers import Client, TurntableCamera, loopback_ice, offer_sdp, out_files, overlay_contrast, serving
 
 
 def _config(**overrides):
@@ -23,20 +22,6 @@ def _config(**overrides):
 @pytest.fixture(autouse=True)
 def _loopback(monkeypatch):
     loopback_ice(monkeypatch)
-
-
-def _overlay_contrast(preview: np.ndarray, box: list[float]) -> tuple[float, float]:
-    """How far `preview` is from the nearest camera frame inside the product's box and outside it (median)."""
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    inside = np.zeros(preview.shape[:2], bool)
-    inside[y0:y1, x0:x1] = True
-    best = None
-    for shot in turntable_frames():
-        diff = np.abs(preview.astype(np.int16) - shot.astype(np.int16)).max(axis=2)
-        outside = float(np.median(diff[~inside]))
-        if best is None or outside < best[1]:
-            best = (float(diff[inside].mean()), outside)
-    return best
 
 
 def test_aiortc_client_session_end_to_end(tmp_path):
@@ -64,7 +49,7 @@ def test_aiortc_client_session_end_to_end(tmp_path):
             stats = on_stage[-1]
             await asyncio.sleep(0.5)  # a few preview frames drawn from results with the product
             preview = client.previews[-1]
-            inside, outside = _overlay_contrast(preview, stats["box"])
+            inside, outside = overlay_contrast(preview, stats["box"])
 
             client.send({"type": "next_product"})
             still = await client.wait_for("still_exported", lambda: client.of_type("still_exported"), 20)

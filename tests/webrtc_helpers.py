@@ -36,6 +36,20 @@ def turntable_frames() -> tuple[np.ndarray, ...]:
     return tuple(frames)
 
 
+def overlay_contrast(preview: np.ndarray, box: list[float]) -> tuple[float, float]:
+    """How far `preview` is from the nearest camera frame inside the product's box and outside it (median)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    inside = np.zeros(preview.shape[:2], bool)
+    inside[y0:y1, x0:x1] = True
+    best = None
+    for shot in turntable_frames():
+        diff = np.abs(preview.astype(np.int16) - shot.astype(np.int16)).max(axis=2)
+        outside = float(np.median(diff[~inside]))
+        if best is None or outside < best[1]:
+            best = (float(diff[inside].mean()), outside)
+    return best
+
+
 def loopback_ice(monkeypatch) -> None:
     """aioice gathers host candidates on every address but 127.0.0.1; here only on 127.0.0.1, so that
     all test media stays on loopback (server and client in this process)."""
