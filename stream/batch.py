@@ -464,7 +464,7 @@ def _skipped(job: Job, done: dict) -> JobResult:
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
     """One batch at a time per output folder (a second one would take the first's jobs for leftovers)."""
-    with open(out / ".batch.lock", "w") as lock:
+    with open(out / ".batch.lock", "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

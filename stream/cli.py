@@ -1,4 +1,4 @@
-"""The `turncrop` command: run, live, eval, weights."""
+"""The `turncrop` command: run, live, batch, eval, weights."""
 from __future__ import annotations
 
 import argparse
@@ -80,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--quiet", action="store_true", help="no per-second stats")
     live.add_argument("-v", "--verbose", action="store_true", help="log every keyframe decision")
 
+    b = sub.add_parser("batch", help="process many recordings (files, image folders, sessions, folders of them) "
+                       "on local processes or a Ray cluster; re-runs skip what is done")
+    b.add_argument("inputs", nargs="+", help="recordings, video files, image folders, or folders holding them")
+    b.add_argument("--out", required=True, type=Path, help="output folder: one folder per input + batch.json")
+    b.add_argument("--ray", nargs="?", const="auto", metavar="auto|ADDRESS",
+                   help="run on a Ray cluster (auto: the one this machine belongs to, else a local one)")
+    b.add_argument("--workers", type=int, metavar="N", help="inputs at a time (default: cores, or the cluster's CPUs)")
+    b.add_argument("--encoders", type=int, metavar="N",
+                   help="encoder actors on Ray (default: one per GPU, or one per node without GPUs)")
+    b.add_argument("--config", help="YAML file or preset name (default, studio, fast)")
+    b.add_argument("--backend", choices=BACKEND_NAMES, help="segmenter (default: auto)")
+    b.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM checkpoint file to use")
+    b.add_argument("--spin", type=int, nargs="?", const=36, metavar="N", help="also export spin sets of N views")
+    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("-v", "--verbose", action="store_true", help="log every keyframe decision")
+
     ev = sub.add_parser("eval", help="measure masks against ground truth (J, F, J&F)")
     _add_common(ev)
     ev.add_argument("--gt", required=True, type=Path, help="folder of ground-truth masks, one per frame")
@@ -111,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, config)
         if args.command == "live":
             return _live(args, config)
+        if args.command == "batch":
+            return _batch(args, config)
         return _eval(args, config)
     except (ConfigError, SourceError, WeightsError, ValueError, OSError) as exc:
         print(f"turncrop: error: {exc}", file=sys.stderr)
@@ -188,6 +206,40 @@ def _live(args: argparse.Namespace, config) -> int:
         print(f"turncrop: error: {report.summary.error} (products finished before it were exported)", file=sys.stderr)
         return 1
     return 0
+
+
+def _batch(args: argparse.Namespace, config) -> int:
+    from turncrop.stream.batch import run_batch
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.encoders is not None and (args.encoders < 1 or args.ray is None):
+        raise ValueError("--encoders needs --ray and must be >= 1")
+
+    tty, shown = sys.stderr.isatty(), [-1]
+
+    def on_progress(progress) -> None:  # one line, rewritten on a terminal; a line per finished input in a log
+        if args.no_progress or (not tty and progress.finished == shown[0]):
+            return
+        shown[0] = progress.finished
+        end = "\n" if progress.finished == progress.total or not tty else ""
+        print(f"\r{progress.line()}" if tty else progress.line(), end=end, file=sys.stderr, flush=True)
+
+    try:
+        report = run_batch(args.inputs, args.out, config, workers=args.workers, ray_address=args.ray,
+                           encoders=args.encoders, on_progress=on_progress)
+    except RuntimeError as exc:  # another batch holds the output folder
+        raise ValueError(str(exc)) from None
+    totals = report.as_dict()["totals"]
+    print(f"{totals['inputs']} inputs: {totals['done']} done, {totals['skipped']} skipped (already done), "
+          f"{totals['failed']} failed; {totals['frames']} frames in {totals['seconds']:.1f} s "
+          f"({totals['fps']:.1f} fps); summary in {report.out / 'batch.json'}")
+    for r in report.failed:
+        print(f"turncrop: error: {r.input}: {r.error}", file=sys.stderr)
+    if report.interrupted:
+        print("turncrop: interrupted; finished inputs are kept, re-run to do the rest", file=sys.stderr)
+        return 130
+    return 1 if report.failed else 0
 
 
 def _eval(args: argparse.Namespace, config) -> int:
