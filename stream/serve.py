@@ -1,6 +1,6 @@
 """`turncrop serve`: the live pipeline behind a web page, one WebRTC peer per browser session.
 
-    turncrop serve --out DIR [--host 127.0.0.1] [--port 8080] [--token T]
+    turncrop serve --out DIR [--host 127.0.0.1] [--port 8080] [--token T] [--record DIR]
 
 The page (`stream/web/`) sends the browser's camera. Each peer connection is a `Session` with its own
 output folder `DIR/<session id>/`, its own `ProductPipeline` + `LivePipeline` + `ProductSink`, and sends
@@ -22,7 +22,8 @@ HTTP: GET / (the page), POST /offer (SDP offer JSON -> answer), GET /sessions/{i
 exported so far), GET /sessions/{id}/files/{path} (only files inside that session's folder). The server
 binds 127.0.0.1 by default; any other address needs a token, which every request must then carry
 (`?token=` or the `X-Turncrop-Token` header). A peer that leaves, fails, or sends no frame for
-`serve.idle_timeout` seconds ends its session: the product on stage is finished and exported.
+`serve.idle_timeout` seconds ends its session: the product on stage is finished and exported. With
+`--record DIR` each session is also recorded into `DIR/<session id>/` for `turncrop replay`.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ from aiortc.mediastreams import MediaStreamError
 from turncrop.models.base import Segmenter
 from turncrop.stream.config import Config
 from turncrop.stream.live import LivePipeline, LiveStats, PushSource
-from turncrop.stream.runner import ProductSink, build_pipeline
+from turncrop.stream.recording import SessionRecorder
+from turncrop.stream.runner import ProductSink, RunSummary, build_pipeline
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.operator import CommandApplied, OperatorCommand
 from turncrop.tracking.products import FrameResult, ProductEnded, ProductStarted
@@ -192,15 +194,18 @@ class Session:
     """One peer connection: its camera through its own live pipeline into `out`, preview and events back."""
 
     def __init__(self, session_id: str, out: Path, config: Config, pc: RTCPeerConnection,
-                 segmenter_factory: SegmenterFactory | None = None) -> None:
+                 segmenter_factory: SegmenterFactory | None = None, *, record: Path | None = None,
+                 record_codec: str = "ffv1") -> None:
+        """`record`: also record the session (frames and events, for `turncrop replay`) into this new folder."""
         self.id, self.out, self.config, self.pc = session_id, out, config, pc
         self.segmenter_factory = segmenter_factory
+        self.record, self.record_codec = record, record_codec
         self.preview = PreviewTrack()
         self.painter = PreviewPainter(config.serve.preview_max_side)
         self.channel = None
         self.source: PushSource | None = None
         self.live: LivePipeline | None = None
-        self.sink: ProductSink | None = None
+        self.summary: RunSummary | None = None  # what was exported; outlives the session, for the gallery
         self.stats: LiveStats | None = None
         self.error: str | None = None
         self.closed = asyncio.Event()
@@ -263,19 +268,28 @@ class Session:
 
     async def _run_pipeline(self) -> None:
         loop = asyncio.get_running_loop()
+        recorder: SessionRecorder | None = None
         try:
             segmenter = self.segmenter_factory() if self.segmenter_factory else None
             # Building loads model weights: off the event loop.
             pipeline = await loop.run_in_executor(None, lambda: build_pipeline(
                 self.config, segmenter, frame_rate=self.source.fps, defer_keyframes=True))
-            self.sink = ProductSink(self.out, self.config, self.source, pipeline)
-            self.live = LivePipeline(self.source, pipeline, self.sink, on_result=self._on_result)
+            sink = ProductSink(self.out, self.config, self.source, pipeline)
+            self.summary = sink.summary
+            if self.record is not None:
+                recorder = SessionRecorder(self.record, self.config, self.source.fps, self.source.size,
+                                           source=self.source.name, backend=pipeline.segmenter.name,
+                                           codec=self.record_codec)
+            self.live = LivePipeline(self.source, pipeline, sink, on_result=self._on_result, recorder=recorder)
             self.stats = await self.live.run(stats_every=self.config.serve.stats_every, on_stats=self._on_stats)
         except Exception as exc:  # a session's failure must not take the server down
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("session %s failed", self.id)
             self.send({"type": "error", "message": f"the pipeline failed: {self.error}"})
         finally:
+            if recorder is not None:
+                stats = {"live": self.stats.as_dict()} if self.stats is not None else None
+                await loop.run_in_executor(None, recorder.close, stats)
             self._announce_stills()
 
     # -- results out
@@ -285,7 +299,7 @@ class Session:
         detections = result.detections
         self._latest = {
             "frame_index": result.frame.index,
-            "frame_size": [result.frame.size[1], result.frame.size[0]],
+            "frame_size": [self.source.size[1], self.source.size[0]],  # what prompts are given in
             "product_id": f"product-{int(detections.tracker_id[0]):03d}" if len(detections) else None,
             "mask_area": int(detections.mask[0].sum()) if len(detections) and detections.mask is not None else 0,
             "box": [round(float(v), 1) for v in detections.xyxy[0]] if len(detections) else None,
@@ -321,14 +335,14 @@ class Session:
         self.send({"type": "stats", **stats.as_dict(), **self._latest})
 
     def _announce_stills(self) -> None:
-        if self.sink is None:
+        if self.summary is None:
             return
-        for entry in self.sink.summary.products[self._announced:]:
+        for entry in self.summary.products[self._announced:]:
             self.send({"type": "still_exported", **gallery_entry(self, entry)})
-        self._announced = len(self.sink.summary.products)
+        self._announced = len(self.summary.products)
 
     def gallery(self) -> list[dict]:
-        return [gallery_entry(self, e) for e in (self.sink.summary.products if self.sink is not None else [])]
+        return [gallery_entry(self, e) for e in (self.summary.products if self.summary is not None else [])]
 
     # -- control channel
 
@@ -379,7 +393,7 @@ class Session:
             await asyncio.gather(self._drawing, return_exceptions=True)
         await self.pc.close()
         self._draw_pool.shutdown(wait=False)
-        self.live = None  # drop the models; the summary stays for the gallery
+        self.live = None  # drop the pipeline and its models; the summary stays for the gallery
         self.closed.set()
 
 
@@ -400,6 +414,8 @@ class ServerState:
     out: Path
     config: Config
     segmenter_factory: SegmenterFactory | None
+    record: Path | None = None  # each session is recorded into record/<session id>/
+    record_codec: str = "ffv1"
     sessions: dict[str, Session] = field(default_factory=dict)  # ended ones stay, for their galleries
 
 
@@ -407,11 +423,14 @@ STATE = web.AppKey("turncrop", ServerState)
 
 
 def create_app(out_dir: str | Path, config: Config, *, token: str | None = None,
-               segmenter_factory: SegmenterFactory | None = None) -> web.Application:
-    """The web app; `segmenter_factory` builds each session's segmenter (default: from `config`)."""
+               segmenter_factory: SegmenterFactory | None = None, record: str | Path | None = None,
+               record_codec: str = "ffv1") -> web.Application:
+    """The web app; `segmenter_factory` builds each session's segmenter (default: from `config`);
+    `record`: record every session into `record/<session id>/` (see `turncrop.stream.recording`)."""
     middlewares = [_token_middleware(token)] if token else []
     app = web.Application(client_max_size=config.serve.max_body_bytes, middlewares=middlewares)
-    app[STATE] = ServerState(Path(out_dir), config, segmenter_factory)
+    app[STATE] = ServerState(Path(out_dir), config, segmenter_factory,
+                             Path(record) if record is not None else None, record_codec)
     app.router.add_get("/", _page)
     app.router.add_get("/app.js", _script)
     app.router.add_post("/offer", _offer)
@@ -465,7 +484,9 @@ async def _offer(request: web.Request) -> web.Response:
 
     session_id = uuid.uuid4().hex
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    session = Session(session_id, state.out / session_id, state.config, pc, state.segmenter_factory)
+    session = Session(session_id, state.out / session_id, state.config, pc, state.segmenter_factory,
+                      record=state.record / session_id if state.record is not None else None,
+                      record_codec=state.record_codec)
     pc.on("track", session.receive)
     pc.on("datachannel", session.attach_channel)
 
@@ -519,11 +540,11 @@ async def _close_sessions(app: web.Application) -> None:
 
 
 def serve(out_dir: str | Path, config: Config, *, host: str = "127.0.0.1", port: int = 8080,
-          token: str | None = None) -> None:
+          token: str | None = None, record: str | Path | None = None, record_codec: str = "ffv1") -> None:
     """Run the server until SIGINT/SIGTERM; sessions still open are finished (their products exported)."""
     check_bind(host, token)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    app = create_app(out_dir, config, token=token)
+    app = create_app(out_dir, config, token=token, record=record, record_codec=record_codec)
     query = f"?token={token}" if token else ""
     url_host = f"[{host}]" if ":" in host else host
     print(f"turncrop serve: open http://{url_host}:{port}/{query} (outputs in {out_dir}); Ctrl-C to stop",

@@ -117,6 +117,56 @@ def test_vanished_peer_has_its_product_finished(tmp_path):
     assert "source ended" in (folder / "product-001.json").read_text()
 
 
+def test_two_sessions_at_once_are_isolated_and_recorded(tmp_path):
+    """Two peers at once: own folders, own products; one's command does not touch the other; --record."""
+    out, record = tmp_path / "out", tmp_path / "sessions"
+
+    async def scenario():
+        app = create_app(out, _config(), record=record)
+        cameras = [TurntableCamera("empty"), TurntableCamera("empty")]
+        async with serving(app) as base, ClientSession() as http:
+            a, b = clients = [Client(base, camera) for camera in cameras]
+            for client in clients:
+                await client.connect(http)
+            for client in clients:
+                await client.wait_for("empty frames processed",
+                                      lambda c=client: any(m["frames_processed"] >= 6 for m in c.of_type("stats")), 40)
+            for camera in cameras:
+                camera.scene = "product"
+            for client in clients:
+                await client.wait_for("a mask", lambda c=client: [m for m in c.of_type("stats") if m["mask_area"] > 500],
+                                      30)
+            a.send({"type": "next_product"})
+            await a.wait_for("A's still", lambda: a.of_type("still_exported"), 20)
+            b_ended_meanwhile = b.of_type("product_ended")
+            async with http.get(f"{base}sessions/{b.session}/gallery") as response:
+                b_gallery_meanwhile = await response.json()
+            sessions = [app[STATE].sessions[c.session] for c in clients]
+            for client in clients:
+                await client.close()
+            for session in sessions:
+                await asyncio.wait_for(session.closed.wait(), 20)
+            return [c.session for c in clients], b_ended_meanwhile, b_gallery_meanwhile
+
+    (a_id, b_id), b_ended_meanwhile, b_gallery_meanwhile = asyncio.run(scenario())
+    assert b_ended_meanwhile == [] and b_gallery_meanwhile == []  # A's "next product" did not touch B
+    products = {}
+    for session_id in (a_id, b_id):
+        manifest = json.loads((out / session_id / "manifest.json").read_text())
+        products[session_id] = [(p["product_id"], p["status"]) for p in manifest["products"]]
+    assert products == {a_id: [("product-001", "ok")], b_id: [("product-001", "ok")]}
+    assert "operator: next product" in (out / a_id / "product-001.json").read_text()
+    assert "source ended" in (out / b_id / "product-001.json").read_text()
+    # Each session was recorded on its own, with its own operator commands.
+    commands = {}
+    for session_id in (a_id, b_id):
+        lines = [json.loads(line) for line in (record / session_id / "events.jsonl").read_text().splitlines()]
+        commands[session_id] = [e["command"]["kind"] for e in lines if e.get("event") == "command"]
+        assert sum("frame" in e and "event" not in e for e in lines) > 10  # frames arrived and were recorded
+        assert (record / session_id / "session.json").is_file()
+    assert commands == {a_id: ["next_product"], b_id: []}
+
+
 # -- bad input -------------------------------------------------------------------------------------------
 
 
