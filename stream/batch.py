@@ -563,12 +563,8 @@ def _run_ray(jobs: list[Job], todo: list[int], workers: int | None, on_frames: C
     refs: dict[Any, int] = {}
     try:
         resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        count = encoders or gpus or max(nodes, 1)
-        # With GPUs each actor holds one. Without, an actor takes no CPU slot: a task waits idle while
-        # its keyframe encodes, so the encode runs on the core that task holds.
-        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 0}
+        count, options = encoder_plan(resources, nodes, encoders)
         actor_class = ray.remote(EncoderActor).options(**options)
         config = jobs[todo[0]].config
         actors = [actor_class.remote(config) for _ in range(count)]
@@ -605,6 +601,18 @@ def _run_ray(jobs: list[Job], todo: list[int], workers: int | None, on_frames: C
     finally:
         if started_here:
             ray.shutdown()
+
+
+def encoder_plan(resources: dict[str, float], nodes: int, encoders: int | None = None) -> tuple[int, dict]:
+    """How many encoder actors, and the Ray resources each asks for, on a cluster with `resources`.
+
+    With GPUs: one actor per GPU, each holding a GPU and a CPU (more `encoders` than GPUs share them:
+    Ray's fractional GPUs). Without: one per node, taking no CPU slot, because a task waits idle while its
+    keyframe encodes, so the encode runs on the core that task holds.
+    """
+    gpus = int(resources.get("GPU", 0))
+    count = encoders or gpus or max(nodes, 1)
+    return count, ({"num_gpus": min(1.0, gpus / count), "num_cpus": 1} if gpus else {"num_cpus": 0})
 
 
 def _ray_connect(address: str, workers: int | None) -> bool:

@@ -33,6 +33,9 @@ class EncoderActor:
     def name(self) -> str:
         return self.segmenter.name
 
+    def encode_calls(self) -> int:
+        return self.segmenter.encode_calls
+
     def encode(self, image: np.ndarray, frame_index: int = -1) -> Embedding:
         return self.segmenter.encode(image, frame_index)
 

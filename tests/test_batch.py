@@ -24,6 +24,7 @@ from turncrop.stream.batch import (
     clean_partial,
     content_digest,
     discover_inputs,
+    encoder_plan,
     job_key,
     plan_jobs,
     read_done,
@@ -210,6 +211,13 @@ def test_sam_key_holds_the_checkpoint_hash_not_its_path(tmp_path, vit_t_checkpoi
     assert keyed_changed != keyed
 
 
+def test_encoder_actors_take_one_gpu_each_or_no_cpu_slot():
+    assert encoder_plan({"CPU": 64.0, "GPU": 4.0}, nodes=2) == (4, {"num_gpus": 1.0, "num_cpus": 1})
+    assert encoder_plan({"CPU": 64.0, "GPU": 1.0}, nodes=1, encoders=2) == (2, {"num_gpus": 0.5, "num_cpus": 1})
+    assert encoder_plan({"CPU": 32.0}, nodes=3) == (3, {"num_cpus": 0})
+    assert encoder_plan({"CPU": 2.0}, nodes=1, encoders=2) == (2, {"num_cpus": 0})
+
+
 # -- local processes ----------------------------------------------------------------------------------------
 
 
@@ -335,3 +343,42 @@ def test_ray_batch_equals_one_by_one_and_a_rerun_does_no_work(local_ray, inputs,
     assert [r.status for r in report.results] == ["skipped"] * 3
     assert {k: v for k, v in _mtimes(out).items() if k != "batch.json"} == \
         {k: v for k, v in before.items() if k != "batch.json"}
+
+
+def test_remote_encoder_encodes_on_the_actor_and_decodes_here(local_ray, config):
+    from turncrop.models.base import Prompt
+    from turncrop.stream.remote_encoder import EncoderActor, RemoteEncoder, local_decoder, segmenter_for
+
+    image = _turntable_frames(10, lead=0, views=1, tail=0)[0]
+    prompt = Prompt(box=np.array([100, 10, 220, 225], np.float32))
+    actor = local_ray.remote(EncoderActor).remote(config)
+    remote = RemoteEncoder(actor, local_decoder(config))
+    got = remote.decode(remote.encode(image, 0), prompt, image)
+    here = segmenter_for(config)
+    want = here.decode(here.encode(image, 0), prompt, image)
+    assert np.array_equal(got.masks, want.masks) and got.masks[0].sum() > 1000
+    assert remote.encode_calls == 1 and local_ray.get(actor.encode_calls.remote()) == 1
+    assert remote.decoder.encode_calls == 0, "the local copy never encodes"
+
+
+# -- recorded sessions ----------------------------------------------------------------------------------------
+
+
+def test_recorded_session_is_an_input_and_matches_its_replay(inputs, config, tmp_path):
+    recording = pytest.importorskip("turncrop.stream.recording")
+    replay = pytest.importorskip("turncrop.stream.replay")
+    from turncrop.tracking.frame import Frame
+
+    session = tmp_path / "sessions" / "monday"
+    with recording.SessionRecorder(session, config, fps=30, size=(SIZE[1], SIZE[0]), source="test") as rec:
+        for i, image in enumerate(_turntable_frames(20)):
+            rec.frame(Frame(image, i, i / 30))
+    ref = replay.replay_session(session, tmp_path / "ref", config=config, every_frame=True)
+    assert ref.summary.products
+
+    out = tmp_path / "out"
+    report = run_batch([tmp_path / "sessions", inputs["a"]], out, config, workers=2)
+    kinds = {r.kind: r for r in report.results}
+    assert set(kinds) == {"recording", "video"} and kinds["recording"].status == "done", kinds["recording"].error
+    assert kinds["recording"].frames == 32
+    _assert_same_outputs(out / kinds["recording"].out, tmp_path / "ref")
