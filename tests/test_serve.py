@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from aiohttp import ClientSession
@@ -11,6 +12,7 @@ from yarl import URL
 from turncrop.stream.cli import main
 from turncrop.stream.config import load_config
 from turncrop.stream.serve import STATE, check_bind, create_app, parse_command
+from turncrop.tracking.products import ProductPipeline
 from webrtc_helpers import Client, TurntableCamera, loopback_ice, offer_sdp, out_files, overlay_contrast, serving
 
 
@@ -82,6 +84,44 @@ def test_aiortc_client_session_end_to_end(tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["live"]["frames_processed"] == session.stats.frames_processed
     assert session.stats.frames_processed + session.stats.frames_dropped == session.stats.frames_in
+
+
+def test_the_camera_and_preview_never_wait_for_a_slow_model(tmp_path, monkeypatch):
+    """A frame path at ~4 fps under a 30 fps camera: every frame is still received, stale ones are dropped
+    and counted, and the preview keeps its own frame rate."""
+    process = ProductPipeline.process
+
+    def slow_process(self, frame):
+        time.sleep(0.25)
+        return process(self, frame)
+
+    monkeypatch.setattr(ProductPipeline, "process", slow_process)
+
+    async def scenario():
+        app = create_app(tmp_path, _config())
+        camera = TurntableCamera("empty")
+        async with serving(app) as base, ClientSession() as http:
+            client = Client(base, camera)
+            await client.connect(http)
+            session = app[STATE].sessions[client.session]
+            await client.wait_for("frames processed",
+                                  lambda: any(m["frames_processed"] >= 3 for m in client.of_type("stats")), 30)
+            sent, previews, stats = camera.sent, client.preview_count, session.live.stats.as_dict()
+            await asyncio.sleep(3.0)
+            window = {"sent": camera.sent - sent, "previews": client.preview_count - previews,
+                      "in": session.live.stats.frames_in - stats["frames_in"],
+                      "processed": session.live.stats.frames_processed - stats["frames_processed"],
+                      "dropped": session.live.stats.frames_dropped - stats["frames_dropped"]}
+            await client.close()
+            await asyncio.wait_for(session.closed.wait(), 20)
+            return window, session.stats
+
+    window, stats = asyncio.run(scenario())
+    assert 3 <= window["processed"] <= 3.0 / 0.25 + 2  # the frame path's pace
+    assert window["in"] >= 0.8 * window["sent"]  # the camera's pace: every frame was taken off the wire
+    assert window["dropped"] >= window["in"] - window["processed"] - 2  # stale frames dropped, and counted
+    assert window["previews"] >= 0.5 * window["sent"]  # the preview does not wait for the model either
+    assert stats.frames_processed + stats.frames_dropped == stats.frames_in
 
 
 def test_vanished_peer_has_its_product_finished(tmp_path):

@@ -100,7 +100,8 @@ class Client:
         self.base, self.camera = base, camera
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.messages: list[dict] = []
-        self.previews: list[np.ndarray] = []
+        self.previews: list[np.ndarray] = []  # the newest few preview frames
+        self.preview_count = 0
         self.session: str | None = None
         self._reader: asyncio.Task | None = None
         self.channel = self.pc.createDataChannel("control")
@@ -114,6 +115,7 @@ class Client:
                 while True:
                     frame = await track.recv()
                     self.previews.append(frame.to_ndarray(format="rgb24"))
+                    self.preview_count += 1
                     del self.previews[:-5]
 
         self._reader = asyncio.ensure_future(read())
