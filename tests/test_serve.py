@@ -44,6 +44,8 @@ def test_aiortc_client_session_end_to_end(tmp_path):
             on_stage = await client.wait_for(
                 "a mask in the stats", lambda: [m for m in client.of_type("stats") if m["mask_area"] > 500][-3:], 20)
 
+            client.send({"type": "rekey"})
+            await client.wait_for("rekey applied", lambda: client.of_type("command_applied"), 10)
             client.send({"type": "point", "x": 1e6, "y": 5})  # outside the frame
             client.send({"type": "dance"})
             await client.wait_for("two errors", lambda: len(client.of_type("error")) >= 2, 10)
@@ -73,7 +75,7 @@ def test_aiortc_client_session_end_to_end(tmp_path):
     errors = [m["message"] for m in client.of_type("error")]
     assert "outside the 320x240 frame" in errors[0] and "unknown message type 'dance'" in errors[1]
     applied = client.of_type("command_applied")
-    assert [m["command"]["kind"] for m in applied] == ["next_product"]
+    assert [m["command"]["kind"] for m in applied] == ["rekey", "next_product"]
     ended = client.of_type("product_ended")
     assert ended[0]["product_id"] == "product-001" and ended[0]["reason"] == "operator: next product"
     assert still["product_id"] == "product-001" and still["status"] == "ok"

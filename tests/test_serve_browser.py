@@ -104,7 +104,7 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
     async def scenario() -> dict:
         from playwright.async_api import async_playwright
 
-        app = create_app(out, config)
+        app = create_app(out, config, token="t0ken")  # the page must carry it on every request it makes
         seen: dict = {}
         async with serving(app) as base, async_playwright() as pw:
             browser = await pw.chromium.launch_persistent_context(
@@ -115,7 +115,7 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
             page = browser.pages[0] if browser.pages else await browser.new_page()
             page.set_default_timeout(30_000)
             await page.route("**/offer*", keep_loopback_candidates)
-            await page.goto(base)
+            await page.goto(base + "?token=t0ken")
             await page.click("#start")
 
             await page.wait_for_function("() => window.turncrop.events.some(e => e.type === 'product_started')")
