@@ -46,7 +46,7 @@ from turncrop.stream.sources import IMAGE_SUFFIXES, SourceError, natural_key
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov"})
-DONE, FAILED, SUMMARY = "done.json", "failed.json", "batch.json"
+DONE, FAILED, SUMMARY, HASHES = "done.json", "failed.json", "batch.json", ".hashes.json"
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{8}$")
 
 
@@ -222,22 +222,33 @@ def _is_recording(path: Path) -> bool:
 # -- keys ---------------------------------------------------------------------------------------------
 
 
-def content_digest(item: BatchInput) -> str:
-    """SHA-256 over what the job reads: a video's bytes, or a folder's files (relative names and bytes)."""
-    h = hashlib.sha256()
+def content_digest(item: BatchInput, known: dict[str, list] | None = None) -> str:
+    """SHA-256 over what the job reads: each file's relative name and SHA-256 (a video: its bytes alone).
+
+    `known`: path -> [size, mtime_ns, sha256] of files hashed before; a file whose size and mtime are
+    unchanged is not read again (as make and rsync judge), and new hashes are added to it.
+    """
     if item.kind == "video":
-        files, root = [item.path], item.path
-    elif item.kind == "images":
-        files, root = sorted((p for p in item.path.iterdir() if _is_image(p)), key=lambda p: natural_key(p.name)), item.path
+        return _file_sha256(item.path, known)
+    if item.kind == "images":
+        files = sorted((p for p in item.path.iterdir() if _is_image(p)), key=lambda p: natural_key(p.name))
     else:
-        files, root = sorted((p for p in item.path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(item.path).as_posix()), item.path
+        files = sorted((p for p in item.path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(item.path).as_posix())
+    h = hashlib.sha256()
     for f in files:
-        rel = "" if f == root else f.relative_to(root).as_posix()
-        h.update(f"{rel}\0{f.stat().st_size}\0".encode())
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
+        h.update(f"{f.relative_to(item.path).as_posix()}\0{_file_sha256(f, known)}\n".encode())
     return h.hexdigest()
+
+
+def _file_sha256(path: Path, known: dict[str, list] | None) -> str:
+    st = path.stat()
+    entry = (known or {}).get(str(path))
+    if entry is not None and entry[:2] == [st.st_size, st.st_mtime_ns]:
+        return entry[2]
+    digest = sha256_file(path)
+    if known is not None:
+        known[str(path)] = [st.st_size, st.st_mtime_ns, digest]
+    return digest
 
 
 def resolve_config(config: Config) -> tuple[Config, dict]:
@@ -392,10 +403,21 @@ def clean_partial(out_dir: Path) -> list[str]:
 
 
 def plan_jobs(inputs: Sequence[str | Path], out_dir: Path, config: Config) -> list[Job]:
-    """Find the inputs and key them (this reads every input once)."""
+    """Find the inputs and key them. Files are read once; their hashes are kept in `out_dir/.hashes.json`."""
     config, keyed = resolve_config(config)
     items = discover_inputs(inputs, exclude=out_dir)
-    return [Job(item, job_key(content_digest(item), keyed), out_dir / output_name(item), config) for item in items]
+    cache = out_dir / HASHES
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    before = dict(known)
+    jobs = [Job(item, job_key(content_digest(item, known), keyed), out_dir / output_name(item), config)
+            for item in items]
+    if known != before:
+        atomic_write_bytes(cache, json.dumps(known).encode())
+    return jobs
 
 
 def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, config: Config, *, workers: int | None = None,

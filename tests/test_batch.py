@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -196,6 +197,21 @@ def test_job_key_follows_content_config_and_model(tmp_path):
 
     _, other = resolve_config(load_config(None, {"backend": "graphcut", "keyframes.max_interval": 7}))
     assert job_key(content_digest(BatchInput(copy, "video")), other) != key
+
+
+def test_file_hashes_are_reused_while_size_and_mtime_hold(tmp_path):
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(bytes([i]) * 10)
+    item = BatchInput(folder, "images")
+    known: dict = {}
+    digest = content_digest(item, known)
+    assert digest == content_digest(item) and len(known) == 3
+    known[str(folder / "1.png")][2] = "0" * 64  # a stale hash is believed while size and mtime hold ...
+    assert content_digest(item, known) != digest
+    os.utime(folder / "1.png", ns=(1, 1))  # ... and recomputed when they change
+    assert content_digest(item, known) == digest
 
 
 def test_sam_key_holds_the_checkpoint_hash_not_its_path(tmp_path, vit_t_checkpoint, turncrop_cache):
