@@ -79,6 +79,45 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM checkpoint file to use")
     live.add_argument("--quiet", action="store_true", help="no per-second stats")
     live.add_argument("-v", "--verbose", action="store_true", help="log every keyframe decision")
+    live.add_argument("--record", type=Path, metavar="DIR", help="also record the session into the new folder "
+                      "DIR (frames, drops, keyframes, operator events), for `turncrop replay`")
+    live.add_argument("--record-codec", choices=("ffv1", "h264"), default="ffv1",
+                      help="video codec of --record: ffv1 (lossless, default) or h264 (small)")
+
+    rec = sub.add_parser("record", help="record a camera (or a video / image folder) into a session folder for "
+                         "`turncrop replay`, without processing")
+    rec.add_argument("source", nargs="?", help="video file or image folder to record")
+    rec.add_argument("--camera", metavar="DEV|INDEX", help="V4L2 device path (e.g. /dev/video0) or OpenCV index")
+    rec.add_argument("--realtime", action="store_true", help="play SOURCE at its own frame rate")
+    rec.add_argument("--speed", type=float, default=1.0, help="playback speed of SOURCE with --realtime")
+    rec.add_argument("--out", required=True, type=Path, help="the session folder to create")
+    rec.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    rec.add_argument("--codec", choices=("ffv1", "h264"), default="ffv1",
+                     help="ffv1 (lossless, default) or h264 (crf 14, small)")
+    rec.add_argument("--config", help="config stored with the session for its replays (YAML file or preset)")
+    rec.add_argument("--backend", choices=BACKEND_NAMES, help="segmenter stored with the session")
+    rec.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1[@FRAME]", help="initial prompt stored with it")
+
+    rp = sub.add_parser("replay", help="replay a recorded session deterministically; --check compares it with "
+                        "its golden outputs")
+    rp.add_argument("session", type=Path, help="session folder (turncrop record / live --record)")
+    rp.add_argument("--out", type=Path, help="output folder (default: a temporary one, removed afterwards)")
+    rp.add_argument("--every-frame", action="store_true",
+                    help="process every recorded frame, keyframes in place (default: as the live run did)")
+    rp.add_argument("--check", action="store_true", help="compare with the session's golden outputs; exit 1 if "
+                    "anything moved beyond the tolerances")
+    rp.add_argument("--update-golden", action="store_true", help="store this replay as the golden outputs")
+    rp.add_argument("--config", help="use this config (YAML file or preset) instead of the recorded one")
+    rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one setting of the config, e.g. --set graphcut.colour_weight=2 (repeatable)")
+    rp.add_argument("--backend", choices=BACKEND_NAMES, help="segmenter (default: the recorded one)")
+    rp.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM checkpoint file to use")
+    rp.add_argument("--iou", type=float, default=0.9, help="--check: least per-frame mask IoU (default 0.9)")
+    rp.add_argument("--span-frames", type=int, default=3,
+                    help="--check: most frames a product's start or end may move (default 3)")
+    rp.add_argument("--still-frames", type=int, default=5,
+                    help="--check: most frames the chosen still may move (default 5)")
+    rp.add_argument("-v", "--verbose", action="store_true", help="log every keyframe decision")
 
     b = sub.add_parser("batch", help="process many recordings (files, image folders, sessions, folders of them) "
                        "on local processes or a Ray cluster; re-runs skip what is done")
@@ -95,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--spin", type=int, nargs="?", const=36, metavar="N", help="also export spin sets of N views")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("-v", "--verbose", action="store_true", help="log every keyframe decision")
+
+    srv = sub.add_parser("serve", help="a web page that sends the browser's camera; live preview, prompts, "
+                         "stills per browser session")
+    srv.add_argument("--out", required=True, type=Path, help="output folder (one subfolder per session)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other "
+                     "needs --token)")
+    srv.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    srv.add_argument("--token", help="secret every request must carry (?token= or the X-Turncrop-Token header)")
+    srv.add_argument("--config", help="YAML file or preset name (default, studio, fast)")
+    srv.add_argument("--backend", choices=BACKEND_NAMES, help="segmenter (default: auto)")
+    srv.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM checkpoint file to use")
+    srv.add_argument("--record", type=Path, metavar="DIR", help="also record every session into DIR/<session id>/ "
+                     "(frames, drops, keyframes, operator events), for `turncrop replay`")
+    srv.add_argument("--record-codec", choices=("ffv1", "h264"), default="ffv1",
+                     help="video codec of --record: ffv1 (lossless, default) or h264 (small)")
+    srv.add_argument("-v", "--verbose", action="store_true", help="log sessions and every keyframe decision")
 
     ev = sub.add_parser("eval", help="measure masks against ground truth (J, F, J&F)")
     _add_common(ev)
@@ -122,11 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "weights":
             return _weights(args)
+        if args.command == "replay":
+            return _replay(args)
         config = load_config(args.config, _overrides(args))
         if args.command == "run":
             return _run(args, config)
         if args.command == "live":
             return _live(args, config)
+        if args.command == "record":
+            return _record(args, config)
+        if args.command == "serve":
+            return _serve(args, config)
         if args.command == "batch":
             return _batch(args, config)
         return _eval(args, config)
@@ -191,13 +252,14 @@ def _live(args: argparse.Namespace, config) -> int:
             print(stats.line(), file=sys.stderr, flush=True)
 
     with source:
-        report = run_live(source, args.out, config, duration=args.duration, on_stats=on_stats)
+        report = run_live(source, args.out, config, duration=args.duration, on_stats=on_stats,
+                          record=args.record, record_codec=args.record_codec)
     s = report.stats.as_dict()
     print(f"{s['frames_processed']} of {s['frames_in']} frames processed in {s['seconds']:.1f} s "
           f"(in {s['fps_in']} fps, out {s['fps_out']} fps), {s['frames_dropped']} dropped, "
           f"latency p50 {s['latency_ms_p50']} ms p95 {s['latency_ms_p95']} ms, backend {report.summary.backend}")
     print(f"keyframes: {s['keyframes_first']} first + {s['keyframes_encoded']} in the background, "
-          f"{s['keyframes_skipped']} skipped (encoder busy), {s['encoder_errors']} failed")
+          f"{s['refreshes']} background refreshes, {s['encoder_errors']} failed")
     for p in report.summary.products:
         where = f"frame {p['frame_index']}, score {p['score']}" if p["status"] == "ok" else p["reason"]
         print(f"  {p['product_id']}: {p['status']} ({where}) -> {', '.join(p['files'])}")
@@ -240,6 +302,100 @@ def _batch(args: argparse.Namespace, config) -> int:
         print("turncrop: interrupted; finished inputs are kept, re-run to do the rest", file=sys.stderr)
         return 130
     return 1 if report.failed else 0
+
+
+def _serve(args: argparse.Namespace, config) -> int:
+    from turncrop.stream.serve import serve
+
+    serve(args.out, config, host=args.host, port=args.port, token=args.token, record=args.record,
+          record_codec=args.record_codec)
+    return 0
+
+
+def _record(args: argparse.Namespace, config) -> int:
+    import signal
+    import time
+
+    from turncrop.stream.live_sources import CameraSource, MonotonicClock, RealtimeSource
+    from turncrop.stream.recording import SessionRecorder
+    from turncrop.stream.sources import open_source
+
+    if (args.camera is None) == (args.source is None):
+        raise ValueError("record needs either --camera DEV|INDEX or a SOURCE file or folder")
+    if args.camera is not None:
+        source = CameraSource(int(args.camera) if args.camera.isdigit() else args.camera)
+    else:
+        source = open_source(args.source)
+        if args.realtime:
+            source = RealtimeSource(source, MonotonicClock(args.speed))
+
+    def stop(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    started = time.monotonic()
+    reason = "source ended"
+    try:
+        with source, SessionRecorder(args.out, config, source.fps or 30.0, source.size, source=source.name,
+                                     codec=args.codec) as recorder:
+            try:
+                for frame in source:
+                    recorder.frame(frame)
+                    if args.duration is not None and time.monotonic() - started >= args.duration:
+                        reason = "duration"
+                        break
+            except KeyboardInterrupt:
+                reason = "stopped"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"recorded {recorder.frames} frames ({reason}) into {args.out}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import yaml
+
+    from turncrop.stream.golden import Tolerances, check_replay, load_golden, write_golden
+    from turncrop.stream.recording import open_session
+    from turncrop.stream.replay import EVERY_FRAME, replay_session
+
+    if args.check and args.update_golden:
+        raise ValueError("--check and --update-golden exclude each other: check first, then update on purpose")
+    overrides = _overrides(args)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    session = open_session(args.session)
+    config = load_config(args.config, overrides) if args.config else session.config(overrides)
+    golden = load_golden(args.session) if args.check else None
+    every_frame = args.every_frame or (golden is not None and golden.info.get("mode") == EVERY_FRAME)
+    tolerances = Tolerances(args.iou, args.span_frames, args.still_frames)
+    with tempfile.TemporaryDirectory(prefix="turncrop-replay-") as tmp:
+        out = args.out or Path(tmp)
+        report = replay_session(args.session, out, config=config, every_frame=every_frame)
+        if golden is not None:
+            result = check_replay(golden, report, out, tolerances)
+            print(result.text())
+            return 0 if result.passed else 1
+        print(f"{args.session}: replayed {report.mode.replace('_', ' ')}, {len(report.processed)} of "
+              f"{report.frames_recorded} frames in {report.seconds:.1f} s ({report.fps:.1f} fps), "
+              f"backend {report.summary.backend}, {len(report.keyframes)} keyframe decisions")
+        for p in report.summary.products:
+            where = f"frame {p['frame_index']}, score {p['score']}" if p["status"] == "ok" else p["reason"]
+            print(f"  {p['product_id']}: {p['status']} frames {p['first_frame']}-{p['last_frame']} ({where})")
+        for line in report.divergences:
+            print(f"  diverged: {line}")
+        for line in report.warnings:
+            print(f"  warning: {line}")
+        if args.update_golden:
+            print(f"golden outputs written to {write_golden(args.session, report, config.to_dict())}")
+        if args.out:
+            print(f"outputs in {args.out} (manifest.json)")
+    return 0
 
 
 def _eval(args: argparse.Namespace, config) -> int:

@@ -11,9 +11,10 @@ A session folder is self-describing:
                      {"kind": "header", "format": "turncrop-session", "format_version": 1}
                      {"frame": 12, "t": 0.4}                                   a frame arrived (its timestamp)
                      {"event": "processed", "frame": 12}                       the live run processed it
-                     {"event": "keyframe_request", "frame": 12, "taken": "encode" | "skip"}
-                                                                               a deferred keyframe decided at
-                                                                               frame 12, taken after it
+                     {"event": "keyframe_request", "frame": 12, "after": 13, "taken": "encode" | "skip"}
+                                                                               the deferred keyframe (or
+                                                                               refresh) of frame 12, taken
+                                                                               after frame 13 was processed
                      {"event": "keyframe_installed", "frame": 12, "before": 15}
                      {"event": "command", "frame": 20, "command": {...}}       an operator command applied
                                                                                before frame 20 was processed
@@ -33,6 +34,7 @@ and `is_recording(path)` tells a session folder from anything else.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import importlib.metadata
 import json
@@ -202,8 +204,11 @@ class SessionRecorder:
     def processed(self, frame_index: int) -> None:
         self.event({"event": "processed", "frame": int(frame_index)})
 
-    def keyframe_request(self, frame_index: int, encoded: bool) -> None:
-        self.event({"event": "keyframe_request", "frame": int(frame_index), "taken": "encode" if encoded else "skip"})
+    def keyframe_request(self, frame_index: int, after: int | None = None, encoded: bool = True) -> None:
+        """The live run took the request of frame `frame_index` after processing frame `after` (default: that
+        same frame), to encode it or (`encoded` False) to drop it."""
+        self.event({"event": "keyframe_request", "frame": int(frame_index),
+                    "after": int(frame_index if after is None else after), "taken": "encode" if encoded else "skip"})
 
     def keyframe_installed(self, frame_index: int, before: int) -> None:
         self.event({"event": "keyframe_installed", "frame": int(frame_index), "before": int(before)})
@@ -298,13 +303,14 @@ class Session:
     def of_kind(self, name: str) -> list[dict]:
         return [e for e in self.events if e["event"] == name]
 
-    def config(self) -> Config:
-        """The recorded config, with backend "auto" resolved to the backend the recording used."""
-        data = dict(self.info["config"])
+    def config(self, overrides: dict[str, Any] | None = None) -> Config:
+        """The recorded config, with backend "auto" resolved to the backend the recording used, and
+        dotted `overrides` ({"graphcut.colour_weight": 2.0}) applied."""
+        data = copy.deepcopy(self.info["config"])
         if data.get("backend") == "auto" and self.info.get("backend") in BACKEND_NAMES:
             data["backend"] = self.info["backend"]
         try:
-            return load_config(None, data)
+            return load_config(None, {**data, **(overrides or {})})
         except ConfigError as e:
             raise RecordingError(f"{self.folder / SESSION_FILE}: the recorded config is not valid here: {e}") from None
 

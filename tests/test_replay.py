@@ -1,0 +1,230 @@
+"""Replay of recorded sessions: as the live run did, every frame, golden checks, the bundled sessions."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from turncrop.stream.cli import main
+from turncrop.stream.config import load_config
+from turncrop.stream.golden import load_golden, write_golden
+from turncrop.stream.live import run_live
+from turncrop.stream.live_sources import MonotonicClock, RealtimeSource
+from turncrop.stream.recording import RecordingError, open_session
+from turncrop.stream.replay import AS_LIVE, EVERY_FRAME, pack_mask, replay_session
+from turncrop.stream.sources import ImageFolderSource, open_source
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "recordings" / "mic_turntable" / "video.mp4"
+BUNDLED = ["orbit_live", "two_products", "operator_clicks"]
+
+
+def _tree_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def live_session(tmp_path_factory) -> dict:
+    """A live run of 45 frames (every 3rd of the sample at 320x240, 10 fps), recorded losslessly, with the
+    masks the live run made and its manifest."""
+    root = tmp_path_factory.mktemp("live_record")
+    frames = root / "frames"
+    frames.mkdir()
+    with open_source(SAMPLE) as source:
+        for frame in source:
+            if frame.index % 3 == 0:
+                small = cv2.resize(frame.image, (320, 240), interpolation=cv2.INTER_AREA)
+                cv2.imwrite(str(frames / f"{frame.index // 3:03d}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    masks: dict[int, np.ndarray] = {}
+
+    def keep(result) -> None:
+        if len(result.detections):
+            masks[result.frame.index] = pack_mask(result.detections.mask[0])
+
+    config = load_config("default", {"backend": "graphcut", "keyframes.max_interval": 3})
+    # Twice real time: the frame path falls behind, so the slot drops frames the recording must note.
+    with RealtimeSource(ImageFolderSource(frames, fps=10.0), MonotonicClock(2.0)) as source:
+        report = run_live(source, root / "live_out", config, handle_signals=False, record=root / "session",
+                          on_result=keep)
+    return {"folder": root / "session", "masks": masks, "stats": report.stats,
+            "manifest": json.loads((root / "live_out" / "manifest.json").read_text())}
+
+
+def test_as_live_replay_reproduces_the_live_run(live_session, tmp_path):
+    folder = live_session["folder"]
+    session = open_session(folder)
+    stats = live_session["stats"]
+    assert session.closed and session.live
+    assert len(session.frames) == stats.frames_in == 47
+    processed = [e["frame"] for e in session.of_kind("processed")]
+    assert len(processed) == stats.frames_processed  # the others are the live run's drops
+
+    report = replay_session(folder, tmp_path / "out")
+    assert report.mode == AS_LIVE and report.processed == processed
+    assert report.divergences == []
+    live_masks = live_session["masks"]
+    assert set(report.masks) == set(live_masks) and len(live_masks) >= 5
+    for index, packed in live_masks.items():
+        assert np.array_equal(report.masks[index], packed), f"frame {index}"
+    # The keyframe hand-offs happened where the live run noted them.
+    taken = [(e["frame"], e["after"]) for e in session.of_kind("keyframe_request")]
+    assert [(k["frame"], k["after"]) for k in report.keyframes if "after" in k] == taken
+    installed = [(e["frame"], e["before"]) for e in session.of_kind("keyframe_installed")]
+    assert [(k["frame"], k["before"]) for k in report.keyframes if k["kind"] == "installed"] == installed
+    live_products = live_session["manifest"]["products"]
+    assert [(p["first_frame"], p["last_frame"], p.get("frame_index")) for p in report.summary.products] == \
+        [(p["first_frame"], p["last_frame"], p.get("frame_index")) for p in live_products]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["replay"]["mode"] == AS_LIVE and manifest["products"] == report.summary.products
+
+
+def test_every_frame_replay_processes_every_recorded_frame(live_session, tmp_path):
+    report = replay_session(live_session["folder"], tmp_path / "out", every_frame=True)
+    assert report.mode == EVERY_FRAME
+    assert report.processed == list(range(47))
+    assert all(k["kind"] == "encoded" for k in report.keyframes)  # keyframes in place, none deferred
+    assert [p["status"] for p in report.summary.products] == ["ok"]
+
+
+def test_replay_is_deterministic_across_runs_and_processes(live_session, tmp_path):
+    session = tmp_path / "session"
+    shutil.copytree(live_session["folder"], session)
+    first = replay_session(session, tmp_path / "a", every_frame=True)
+    second = replay_session(session, tmp_path / "b", every_frame=True)
+    assert first.masks.keys() == second.masks.keys()
+    assert all(np.array_equal(first.masks[k], second.masks[k]) for k in first.masks)
+    assert first.keyframes == second.keyframes
+    write_golden(session, first, {})
+    # Another process must make bit-identical masks, products and stills: no tolerance at all.
+    done = subprocess.run([sys.executable, "-m", "turncrop.stream.cli", "replay", str(session), "--check",
+                           "--iou", "1.0", "--span-frames", "0", "--still-frames", "0"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "mean IoU 1.0000" in done.stdout and "keyframes: " in done.stdout and "PASS" in done.stdout
+
+
+def test_replay_never_modifies_the_recording(live_session, tmp_path, capsys):
+    session = tmp_path / "session"
+    shutil.copytree(live_session["folder"], session)
+    assert main(["replay", str(session), "--update-golden"]) == 0
+    before = _tree_hash(session)
+    assert main(["replay", str(session), "--check"]) == 0
+    assert main(["replay", str(session), "--out", str(tmp_path / "out")]) == 0
+    assert _tree_hash(session) == before
+    with pytest.raises(RecordingError, match="outside the session folder"):
+        replay_session(session, session / "out")
+    assert _tree_hash(session) == before
+
+
+def test_a_perturbed_setting_fails_the_check_with_a_readable_report(live_session, tmp_path, capsys):
+    session = tmp_path / "session"
+    shutil.copytree(live_session["folder"], session)
+    assert main(["replay", str(session), "--update-golden"]) == 0
+    capsys.readouterr()
+    # A stage model that needs much more contrast to call a pixel product: thin and dark parts are lost.
+    assert main(["replay", str(session), "--check", "--set", "stage.threshold=14"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  masks:" in out and "frames below tolerance" in out
+    assert "IoU" in out and "area" in out and "px vs" in out  # what moved, and by how much
+    assert out.rstrip().endswith("failed)")
+
+
+def test_check_without_golden_outputs_is_bad_input(live_session, tmp_path, capsys):
+    session = tmp_path / "session"
+    shutil.copytree(live_session["folder"], session)
+    assert main(["replay", str(session), "--check"]) == 2
+    assert "no golden outputs" in capsys.readouterr().err
+
+
+# -- the bundled sessions ------------------------------------------------------------------------------
+
+
+def _gt(folder: Path, size: tuple[int, int]) -> dict[int, np.ndarray]:
+    with np.load(folder / "gt.npz") as npz:
+        return {int(k[1:]): np.unpackbits(npz[k], count=size[0] * size[1]).reshape(size).astype(bool)
+                for k in npz.files}
+
+
+def _j(a: np.ndarray | None, b: np.ndarray) -> float:
+    a = np.zeros_like(b) if a is None else a
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0
+
+
+def test_bundled_sessions_are_small_and_attributed():
+    total = 0
+    for name in BUNDLED:
+        folder = REPO / "recordings" / name
+        session = open_session(folder)
+        assert session.closed and not session.warnings
+        assert "CC BY 3.0" in (folder / "README.md").read_text()
+        assert "CC BY 3.0" in session.info["attribution"]["renders"]
+        assert (folder / "golden" / "golden.json").is_file() and (folder / "gt.npz").is_file()
+        assert len(session.frames) <= 90 and session.size == (360, 480)
+        total += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert total < 10e6, total
+    assert open_session(REPO / "recordings" / "orbit_live").live
+    assert [e["command"]["kind"] for e in open_session(REPO / "recordings" / "operator_clicks").of_kind("command")] \
+        == ["box", "point"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_session_passes_its_golden_check(name, tmp_path, capsys):
+    folder = REPO / "recordings" / name
+    before = _tree_hash(folder)
+    code = main(["replay", str(folder), "--check", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert _tree_hash(folder) == before
+    golden = load_golden(folder)
+    expected = {"orbit_live": 1, "two_products": 2, "operator_clicks": 1}[name]
+    assert len(golden.info["products"]) == expected
+    assert all(p["status"] == "ok" for p in golden.info["products"])
+
+
+@pytest.mark.slow
+def test_two_products_are_found_in_their_own_spans():
+    folder = REPO / "recordings" / "two_products"
+    golden = load_golden(folder)
+    gt = _gt(folder, golden.size)
+    on_stage = [i for i, m in sorted(gt.items()) if m.any()]
+    first = [i for i in on_stage if i < 37]
+    second = [i for i in on_stage if i >= 37]
+    spans = [(p["first_frame"], p["last_frame"]) for p in golden.info["products"]]
+    assert spans[0][0] == first[0] and abs(spans[0][1] - first[-1]) <= 3
+    assert spans[1][0] == second[0] and abs(spans[1][1] - second[-1]) <= 3
+    js = [_j(golden.mask(i), gt[i]) for i in on_stage]
+    assert np.mean(js) >= 0.9, np.mean(js)
+
+
+@pytest.mark.slow
+def test_operator_clicks_correct_the_mask(tmp_path):
+    """The golden outputs with the clicks beat a replay of the same session without them."""
+    folder = REPO / "recordings" / "operator_clicks"
+    session = open_session(folder)
+    click = session.of_kind("command")[1]["frame"]
+    golden = load_golden(folder)
+    gt = _gt(folder, golden.size)
+    after = [i for i in sorted(gt) if i >= click + 5]
+    with_clicks = np.mean([_j(golden.mask(i), gt[i]) for i in after])
+
+    unclicked = tmp_path / "unclicked"
+    shutil.copytree(folder, unclicked, ignore=shutil.ignore_patterns("golden"))
+    events = (unclicked / "events.jsonl").read_text().splitlines()
+    (unclicked / "events.jsonl").write_text("\n".join(e for e in events if '"kind":"point"' not in e) + "\n")
+    report = replay_session(unclicked, tmp_path / "out")
+    without = np.mean([_j(report.mask(i), gt[i]) for i in after])
+    assert with_clicks >= 0.8 and with_clicks - without >= 0.3, (with_clicks, without)
