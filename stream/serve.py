@@ -291,6 +291,7 @@ class Session:
                 stats = {"live": self.stats.as_dict()} if self.stats is not None else None
                 await loop.run_in_executor(None, recorder.close, stats)
             self._announce_stills()
+            self.close("the pipeline stopped" if self.error is None else "the pipeline failed")
 
     # -- results out
 
@@ -547,6 +548,5 @@ def serve(out_dir: str | Path, config: Config, *, host: str = "127.0.0.1", port:
     app = create_app(out_dir, config, token=token, record=record, record_codec=record_codec)
     query = f"?token={token}" if token else ""
     url_host = f"[{host}]" if ":" in host else host
-    print(f"turncrop serve: open http://{url_host}:{port}/{query} (outputs in {out_dir}); Ctrl-C to stop",
-          flush=True)
-    web.run_app(app, host=host, port=port, print=None)
+    ready = f"turncrop serve: open http://{url_host}:{port}/{query} (outputs in {out_dir}); Ctrl-C to stop"
+    web.run_app(app, host=host, port=port, print=lambda _: print(ready, flush=True))  # once listening
