@@ -72,8 +72,8 @@ function onMessage(message) {
     $("stats").textContent =
       `${message.fps_in} fps in, ${message.fps_out} fps out, ${message.frames_dropped} dropped, ` +
       `latency p95 ${message.latency_ms_p95} ms\n` +
-      `keyframes ${message.keyframes_first + message.keyframes_encoded} ` +
-      `(+${message.keyframes_skipped} skipped, ${message.encoder_errors} failed), products ${message.products}\n` +
+      `keyframes ${message.keyframes_first + message.keyframes_encoded} (${message.encoder_errors} failed), ` +
+      `products ${message.products}\n` +
       `frame ${message.frame_index}: ${message.product_id || "no product"}, mask ${message.mask_area} px`;
     return;
   }
