@@ -101,11 +101,11 @@ def main() -> None:
         for backend in args.backends:
             rows.append(bench(backend, args.seconds, Path(tmp)))
     print(f"\n{'backend':<11} {'fps in':>7} {'fps out':>8} {'p50 ms':>8} {'p95 ms':>8} {'key/s':>6} "
-          f"{'bg keys':>8} {'skipped':>8} {'dropped':>8} {'peak RSS MB':>12}")
+          f"{'bg keys':>8} {'refresh':>8} {'dropped':>8} {'peak RSS MB':>12}")
     for r in rows:
         print(f"{r['backend']:<11} {r['fps_in']:7.1f} {r['fps_out']:8.2f} {r['latency_ms_p50'] or 0:8.0f} "
               f"{r['latency_ms_p95'] or 0:8.0f} {r['keyframes_per_s']:6.2f} {r['keyframes_encoded']:8d} "
-              f"{r['keyframes_skipped']:8d} {r['frames_dropped']:8d} {r['peak_rss_mb']:12.0f}")
+              f"{r['refreshes']:8d} {r['frames_dropped']:8d} {r['peak_rss_mb']:12.0f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"size": list(SIZE), "fps": FPS, "seconds": args.seconds,

@@ -1,16 +1,17 @@
 """The live pipeline: a camera (or a paced recording) in, products exported as they leave the stage.
 
-Three single-thread workers keep the asyncio event loop free for scheduling, statistics and signals:
+Three single-worker pools keep the asyncio event loop free for scheduling, statistics and signals:
 
   source   reads the next frame (camera I/O, video decode) into a size-1 "latest" slot: when the frame
            path is behind, the older frame is dropped and counted, so nothing queues up;
-  frame    runs the cheap per-frame path for every frame it takes: tracking, propagation, decoding on the
-           last embedding, scoring, and exporting a product when it ends;
-  encoder  runs deferred keyframe encodes (`ProductPipeline(defer_keyframes=True)`). While one is in flight
-           frames go on being segmented on the previous embedding; a finished one is installed before the
-           next frame (see `MaskTracker` for how masks are reconciled). Keyframes the policy asks for while
-           the encoder is busy are skipped (counted). A failed encode is logged and the stream goes on by
-           propagation until a later keyframe succeeds.
+  frame    runs the cheap per-frame path for every frame it takes, at the working size (config
+           `live.working_size`): tracking, propagation (the carried mask), scoring, and exporting a product
+           when it ends;
+  encoder  a process with its own copy of the segmenter (`encoder_process`) runs the decoder and, on
+           keyframes, the encoder (`ProductPipeline(defer_keyframes=True)`): each time it is free it takes
+           the newest request (a keyframe, or a refresh on the current embedding); a finished one is
+           installed before the next frame (see `MaskTracker` for how masks are reconciled). A failed job
+           is logged and the stream goes on by propagation until one succeeds.
 
 A product's first keyframe is encoded on the frame path (there is nothing to propagate from yet); frames
 arriving meanwhile are dropped by the slot. `stop()` (SIGINT/SIGTERM with `install_signal_handlers`, or
@@ -25,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,11 +35,13 @@ import numpy as np
 
 from turncrop.models.base import Segmenter
 from turncrop.stream.config import Config
+from turncrop.stream.encoder_process import encoder_started, run_in_encoder_process, start_encoder_process
 from turncrop.stream.recording import SessionRecorder
 from turncrop.stream.runner import ProductSink, RunSummary, build_pipeline
 from turncrop.stream.sources import FrameSource, SourceError
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.masktrack import Keyframe
+from turncrop.tracking.operator import OperatorCommand
 from turncrop.tracking.products import FrameResult, ProductPipeline
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ class LiveStats:
     frames_dropped: int = 0
     keyframes_encoded: int = 0  # deferred encodes installed (products' first keyframes are not counted)
     keyframes_first: int = 0  # products' first keyframes, encoded on the frame path
-    keyframes_skipped: int = 0  # asked for while the encoder was busy
+    refreshes: int = 0  # background decodes on the current embedding installed (no encode)
     keyframes_stale: int = 0  # finished after their product ended
     encoder_errors: int = 0
     frames_during_encode: int = 0  # frames segmented while a deferred encode was in flight
@@ -93,7 +96,7 @@ class LiveStats:
             "latency_ms_p95": None if p95 is None else round(p95, 1),
             "keyframes_first": self.keyframes_first,
             "keyframes_encoded": self.keyframes_encoded,
-            "keyframes_skipped": self.keyframes_skipped,
+            "refreshes": self.refreshes,
             "keyframes_stale": self.keyframes_stale,
             "encoder_errors": self.encoder_errors,
             "frames_during_encode": self.frames_during_encode,
@@ -105,7 +108,7 @@ class LiveStats:
         p95 = self.latency(95)
         return (f"{self.seconds:6.1f} s  in {self.fps_in:5.1f} fps  out {self.fps_out:5.1f} fps  "
                 f"dropped {self.frames_dropped}  keyframes {self.keyframes_first + self.keyframes_encoded}"
-                f" (+{self.keyframes_skipped} skipped, {self.encoder_errors} failed)  "
+                f" (+{self.refreshes} refreshes, {self.encoder_errors} failed)  "
                 f"p95 {'-' if p95 is None else f'{p95:.0f} ms'}  products {self.products}")
 
 
@@ -196,18 +199,28 @@ class LivePipeline:
 
     def __init__(self, source: FrameSource, pipeline: ProductPipeline, sink: ProductSink, *,
                  on_result: Callable[[FrameResult], None] | None = None,
-                 recorder: SessionRecorder | None = None) -> None:
+                 recorder: SessionRecorder | None = None, working_size: int | None = None) -> None:
         if not pipeline.masks.defer_keyframes:
             raise ValueError("LivePipeline needs a ProductPipeline built with defer_keyframes=True")
         self.source, self.pipeline, self.sink = source, pipeline, sink
         self.on_result = on_result
         self.recorder = recorder  # notes every frame, drop, keyframe hand-off and command for a replay
+        self.working_size = working_size  # frames are processed at most this big (config live.working_size)
         self.stats = LiveStats()
         self.error: str | None = None
         self._stop: asyncio.Event | None = None
         self._encoding: asyncio.Future | None = None
         self._ready: Keyframe | None = None  # a finished encode, installed before the next frame
         self._last_index = -1
+
+    def command(self, command: OperatorCommand) -> None:
+        """Queue an operator command given in camera pixels; the pipeline gets it at the working size.
+        Safe from the event loop while frames are processed."""
+        h, w = self.source.size if self.source.size else (0, 0)
+        factor = 1.0
+        if self.working_size is not None and max(h, w) > self.working_size:
+            factor = self.working_size / max(h, w)
+        self.pipeline.command(command.scaled(factor))
 
     def stop(self) -> None:
         """Ask the stream to end after the frame in progress (safe from a signal handler on the loop)."""
@@ -220,12 +233,16 @@ class LivePipeline:
         """Process frames until the source ends, `duration` seconds pass or `stop()` is called."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.stats = LiveStats()
         slot = LatestFrame()
-        timer = loop.call_later(duration, self.stop) if duration is not None else None
         with ThreadPoolExecutor(1, "turncrop-source") as source_pool, \
                 ThreadPoolExecutor(1, "turncrop-frame") as frame_pool, \
-                ThreadPoolExecutor(1, "turncrop-encoder") as encoder_pool:
+                start_encoder_process(self.pipeline.segmenter) as encoder_pool:
+            # The stream starts once the model is loaded in the worker, so its first keyframes are not lost.
+            await self._until_started(encoder_pool)
+            self.stats = LiveStats()
+            if self.recorder is not None:
+                self.recorder.event({"event": "live", "working_size": self.working_size})
+            timer = loop.call_later(duration, self.stop) if duration is not None else None
             reader = asyncio.create_task(self._read(slot, source_pool))
             reporter = asyncio.create_task(self._report(stats_every, on_stats)) if on_stats else None
             try:
@@ -252,6 +269,17 @@ class LivePipeline:
         if on_stats is not None:
             on_stats(self.stats)
         return self.stats
+
+    async def _until_started(self, encoder_pool: ProcessPoolExecutor) -> None:
+        """Wait for the encoder process to hold the segmenter, or for `stop()`; a failed start is logged
+        (every background job will then fail and be counted, and masks are carried by propagation)."""
+        started = asyncio.wrap_future(encoder_started(encoder_pool))
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if started.done() and started.exception() is not None:
+            error = started.exception()
+            log.error("the encoder process did not start (%s: %s)", type(error).__name__, error)
 
     async def _read(self, slot: LatestFrame, pool: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
@@ -295,14 +323,12 @@ class LivePipeline:
                 self.recorder.processed(frame.index)
                 self.recorder.commands(result.events)
             self._collect()
-            request = self.pipeline.take_keyframe_request()
+            # The worker takes the newest request when it is free; the tracker merges the ones it missed.
+            request = self.pipeline.take_keyframe_request() if self._encoding is None else None
             if request is not None:
                 if self.recorder is not None:
-                    self.recorder.keyframe_request(request.frame.index, encoded=self._encoding is None)
-                if self._encoding is None:
-                    self._encoding = loop.run_in_executor(encoder_pool, self.pipeline.encode_keyframe, request)
-                else:
-                    self.stats.keyframes_skipped += 1
+                    self.recorder.keyframe_request(request.frame.index, after=frame.index)
+                self._encoding = loop.run_in_executor(encoder_pool, run_in_encoder_process, request)
             if self.on_result is not None:
                 self.on_result(result)
 
@@ -311,15 +337,17 @@ class LivePipeline:
         return self.source.dropped if isinstance(self.source, PushSource) else 0
 
     def _step(self, frame: Frame, ready: Keyframe | None) -> FrameResult:
-        """The frame path (on the frame worker): install a finished keyframe, segment, export."""
+        """The frame path (on the frame worker): install a finished request, segment, export."""
         if ready is not None:
             if self.recorder is not None:
                 self.recorder.keyframe_installed(ready.request.frame.index, before=frame.index)
-            if self.pipeline.install_keyframe(ready):
+            if not self.pipeline.install_keyframe(ready):
+                self.stats.keyframes_stale += 1
+            elif ready.request.decision.keyframe:
                 self.stats.keyframes_encoded += 1
             else:
-                self.stats.keyframes_stale += 1
-        result = self.pipeline.process(frame)
+                self.stats.refreshes += 1
+        result = self.pipeline.process(frame.scaled_to(self.working_size))
         if result.keyframe:
             self.stats.keyframes_first += 1
         self.stats.products += self.sink.frame(result)
@@ -382,7 +410,8 @@ async def run_live_async(source: FrameSource, out_dir: str | Path, config: Confi
     if record is not None:
         recorder = SessionRecorder(record, config, source.fps or 30.0, source.size, source=source.name,
                                    backend=pipeline.segmenter.name, codec=record_codec)
-    live = LivePipeline(source, pipeline, sink, on_result=on_result, recorder=recorder)
+    live = LivePipeline(source, pipeline, sink, on_result=on_result, recorder=recorder,
+                        working_size=config.live.working_size)
     remove = install_signal_handlers(live) if handle_signals else None
     try:
         stats = await live.run(duration, stats_every=stats_every, on_stats=on_stats)

@@ -280,7 +280,8 @@ class Session:
                 recorder = SessionRecorder(self.record, self.config, self.source.fps, self.source.size,
                                            source=self.source.name, backend=pipeline.segmenter.name,
                                            codec=self.record_codec)
-            self.live = LivePipeline(self.source, pipeline, sink, on_result=self._on_result, recorder=recorder)
+            self.live = LivePipeline(self.source, pipeline, sink, on_result=self._on_result, recorder=recorder,
+                                     working_size=self.config.live.working_size)
             self.stats = await self.live.run(stats_every=self.config.serve.stats_every, on_stats=self._on_stats)
         except Exception as exc:  # a session's failure must not take the server down
             self.error = f"{type(exc).__name__}: {exc}"
@@ -364,7 +365,7 @@ class Session:
         except ValueError as exc:
             self.send({"type": "error", "message": f"bad message: {exc}"})
             return
-        self.live.pipeline.command(command)
+        self.live.command(command)
         self.send({"type": "command_queued", "command": command.as_dict()})
 
     def send(self, message: dict) -> None:

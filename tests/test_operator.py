@@ -68,6 +68,13 @@ def test_commands_round_trip_through_json():
     assert commands[0].points.dtype == np.float32 and commands[0].labels.tolist() == [1, 0]
 
 
+def test_commands_scale_to_the_working_size():
+    half = OperatorCommand("point", points=[[100, 50]], labels=[0]).scaled(0.5)
+    assert half.points.tolist() == [[50, 25]] and half.labels.tolist() == [0]
+    assert OperatorCommand("box", box=[10, 20, 30, 40]).scaled(0.5).box.tolist() == [5, 10, 15, 20]
+    assert OperatorCommand("rekey").scaled(0.5) == OperatorCommand("rekey")
+
+
 @pytest.mark.parametrize("data, problem", [
     ({"kind": "wave"}, "unknown kind"),
     ({}, "missing 'kind'"),

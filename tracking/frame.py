@@ -1,8 +1,10 @@
 """The one frame type every stage passes on."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -32,3 +34,13 @@ class Frame:
     def size(self) -> tuple[int, int]:
         """(H, W)."""
         return self.image.shape[0], self.image.shape[1]
+
+    def scaled_to(self, max_side: int | None) -> Frame:
+        """This frame with its longest side at most `max_side` px (area-averaged); itself if already small
+        enough or `max_side` is None. Index, timestamp and source are kept."""
+        h, w = self.size
+        if max_side is None or max(h, w) <= max_side:
+            return self
+        scale = max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return dataclasses.replace(self, image=cv2.resize(self.image, size, interpolation=cv2.INTER_AREA))

@@ -6,17 +6,18 @@ with the tracked box, on the last keyframe's embedding. Of the decoder's candida
 predicted quality and agreement with the propagated mask wins; a poor or disagreeing result makes the
 policy re-key on the spot.
 
-Deferred keyframes (the live pipeline): with `defer_keyframes=True` a keyframe decided while an embedding
-exists does not encode on the frame path. The frame is decoded on the previous embedding and a
-`KeyframeRequest` is left for the caller (`take_request`), who runs `encode_keyframe` in a worker and later
-hands the result to `install`. Reconciliation is deliberately simple: frames segmented meanwhile keep their
-propagated masks; the keyframe's own mask is warped by one flow step from the keyframe to the last frame
-segmented and replaces that frame's mask as the prior for the next frame; the new embedding is used from
-then on. An object's first keyframe (no embedding yet, nothing to propagate) is always encoded in place.
+Live streams (`defer_keyframes=True`): a 30 fps stream leaves ~30 ms a frame, less than one decode costs
+on a CPU, so once an object has an embedding nothing is encoded or decoded on the frame path. Each frame's
+mask is the carried one: the propagated prior plus the caller's evidence (the empty-stage model), cut at
+zero inside the tracked box. Every frame also leaves a `KeyframeRequest` for the caller (`take_request`,
+newest wins): a keyframe when the policy decided one since the last request was taken (encode + decode),
+otherwise a refresh (decode with the dense prompt on the current embedding). The caller runs
+`encode_keyframe` in a worker whenever it is free and hands the result to `install`: the decoded mask is
+warped by one flow step from its frame to the last frame segmented and becomes the prior of the next one;
+masks already returned are kept. An object's first keyframe (nothing to carry yet) is encoded in place.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ from turncrop.tracking.masks import mask_box
 from turncrop.tracking.propagation import FlowPropagator
 
 AGREEMENT_WEIGHT = 0.5  # how much agreement with the propagated prior counts against predicted quality
+CARRY_BOX_MARGIN = 0.05  # a carried live mask may reach this fraction of the box size beyond the box
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,13 @@ class MaskResult:
 
 @dataclass(frozen=True)
 class KeyframeRequest:
-    """A keyframe decided at `frame` whose encode was deferred.
+    """Work left for a live stream's worker: decode `frame`, encoding it first when it is a keyframe.
 
     Attributes:
-      frame: the keyframe.  prompt: its prompt (box, dense prior).  propagated: (H, W) bool mask propagated
-      to it, or None.  grey: its flow image (the propagator's grey).  decision: the policy's decision.
-      generation: the tracker's generation when requested; a reset makes the request stale.
+      frame: the frame.  prompt: its prompt (box, dense prior).  propagated: (H, W) bool mask propagated
+      to it, or None.  grey: its flow image (the propagator's grey).  decision: the policy's decision
+      (`decision.keyframe` False: a refresh on `embedding`).  generation: the tracker's generation when
+      requested; a reset makes the request stale.  embedding: the embedding a refresh decodes on.
     """
 
     frame: Frame
@@ -68,6 +71,7 @@ class KeyframeRequest:
     grey: np.ndarray
     decision: Decision
     generation: int
+    embedding: Embedding | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class MaskTracker:
         self._drift = np.zeros(2, np.float32)
         self._generation = 0
         self._request: KeyframeRequest | None = None
+        self._score = 0.0  # predicted quality of the last decoded mask, carried by live frames
+        self._owed_keyframe: Decision | None = None  # a refresh judged poor asks the next request to re-key
 
     @property
     def active(self) -> bool:
@@ -107,6 +113,8 @@ class MaskTracker:
         self._drift[:] = 0
         self._generation += 1  # keyframes requested before the reset belong to another object
         self._request = None
+        self._score = 0.0
+        self._owed_keyframe = None
         self.policy.reset()
 
     def step(self, frame: Frame, box: np.ndarray | None, evidence: np.ndarray | None = None,
@@ -146,16 +154,13 @@ class MaskTracker:
             propagated = None  # ranking candidates by agreement with the mask being corrected defeats the clicks
         if self._embedding is None or (decision.keyframe and not defer):
             result = self._keyframe(frame, prompt, propagated, decision)
-        elif decision.keyframe:
-            result = self._deferred(frame, grey, prompt, propagated, decision)
+        elif defer:
+            result = self._carried(frame, grey, prompt, propagated, decision)
         else:
-            result = self._choose(self.segmenter.decode(self._embedding, prompt, frame.image), propagated,
+            result = choose_mask(self.segmenter.decode(self._embedding, prompt, frame.image), propagated,
                                   decision)
             verdict = self.policy.after_decode(frame.index, score=result.score, agreement=result.agreement)
-            if verdict.keyframe and defer:
-                self._defer(frame, grey, prompt, propagated, verdict)
-                result = dataclasses.replace(result, reason=f"{verdict.reason}, encoding deferred")
-            elif verdict.keyframe:
+            if verdict.keyframe:
                 result = self._keyframe(frame, prompt, propagated, verdict)
         self._prev_grey, self._prev_mask = grey, result.mask
         if result.keyframe:
@@ -168,68 +173,109 @@ class MaskTracker:
         return request
 
     def encode_keyframe(self, request: KeyframeRequest) -> Keyframe:
-        """Encode and decode a deferred keyframe. Safe on a worker thread: touches no tracker state."""
-        embedding = self.segmenter.encode(request.frame.image, request.frame.index)
-        masks = self.segmenter.decode(embedding, request.prompt, request.frame.image)
-        return Keyframe(request, embedding, self._choose(masks, request.propagated, request.decision))
+        """`run_request` with this tracker's segmenter. Safe on a worker thread: touches no tracker state."""
+        return run_request(self.segmenter, request)
 
     def install(self, keyframe: Keyframe) -> bool:
-        """Use a deferred keyframe's embedding from now on; False (and nothing changes) if it is stale.
+        """Use a finished request; False (and nothing changes) if it is stale.
 
-        The keyframe's mask, warped from the keyframe to the last frame segmented, becomes the prior of
-        the next frame; masks already returned are left as they were.
+        A keyframe's embedding is used from now on. The decoded mask, warped from its frame to the last
+        frame segmented, becomes the prior of the next frame; masks already returned are left as they were.
+        A refresh the policy judges poor or disagreeing turns the next request into a keyframe.
         """
         request = keyframe.request
         if request.generation != self._generation or self._prev_mask is None:
             return False
-        self._embedding = keyframe.embedding
-        self.policy.keyframe_scored(keyframe.result.score)
-        mask = keyframe.result.mask
+        result = keyframe.result
+        if request.decision.keyframe:
+            self._embedding = keyframe.embedding
+            self.policy.keyframe_scored(result.score)
+        else:
+            verdict = self.policy.after_decode(request.frame.index, score=result.score, agreement=result.agreement)
+            if verdict.keyframe:
+                self._owed_keyframe = verdict
+        self._score = result.score
+        mask = result.mask
         if request.grey is not self._prev_grey:  # frames were segmented while it encoded
             m = self.propagator.motion(request.grey, self._prev_grey, request.frame.size, region=mask)
             mask = self.propagator.warp(mask.astype(np.float32), m) > 0.5
         self._prev_mask = mask
         return True
 
-    def _deferred(self, frame: Frame, grey: np.ndarray, prompt: Prompt, propagated: np.ndarray | None,
-                  decision: Decision) -> MaskResult:
-        """A keyframe decided before decoding: decode on the old embedding now, encode later."""
-        result = self._choose(self.segmenter.decode(self._embedding, prompt, frame.image), propagated, decision)
-        self._defer(frame, grey, prompt, propagated, decision)
-        return dataclasses.replace(result, keyframe=False, reason=f"{decision.reason}, encoding deferred")
-
-    def _defer(self, frame: Frame, grey: np.ndarray, prompt: Prompt, propagated: np.ndarray | None,
-               decision: Decision) -> None:
-        self._request = KeyframeRequest(frame, prompt, propagated, grey, decision, self._generation)
-        self._drift[:] = 0  # the policy counts from this keyframe on; so does the motion measure
+    def _carried(self, frame: Frame, grey: np.ndarray, prompt: Prompt, propagated: np.ndarray | None,
+                 decision: Decision) -> MaskResult:
+        """A live frame: the carried mask now, a request (keyframe or refresh) for the worker."""
+        h, w = frame.size
+        logits = prompt.mask_logits if prompt.mask_logits is not None else np.zeros((h, w), np.float32)
+        mask = logits > 0
+        if prompt.box is not None:
+            x0, y0, x1, y1 = _grown(prompt.box, CARRY_BOX_MARGIN, w, h)
+            inside = np.zeros_like(mask)
+            inside[y0:y1, x0:x1] = True
+            mask &= inside
+        owed = self._request is not None and self._request.decision.keyframe
+        if not decision.keyframe and owed:
+            decision = self._request.decision  # a keyframe not yet taken: the newer frame takes its place
+        elif not decision.keyframe and self._owed_keyframe is not None:
+            decision = self._owed_keyframe
+        if decision.keyframe:
+            self._owed_keyframe = None
+            self._drift[:] = 0  # the policy counts from this keyframe on; so does the motion measure
+        self._request = KeyframeRequest(frame, prompt, propagated, grey, decision, self._generation,
+                                        embedding=None if decision.keyframe else self._embedding)
+        reason = f"{decision.reason}, encoding in the background" if decision.keyframe else "carried"
+        return MaskResult(mask=mask, logits=logits, score=self._score, stability=_iou(logits > 1.0, logits > -1.0),
+                          agreement=None, keyframe=False, reason=reason, candidate=-1)
 
     def _keyframe(self, frame: Frame, prompt: Prompt, propagated: np.ndarray | None,
                   decision: Decision) -> MaskResult:
         self._embedding = self.segmenter.encode(frame.image, frame.index)
-        result = self._choose(self.segmenter.decode(self._embedding, prompt, frame.image), propagated, decision)
+        result = choose_mask(self.segmenter.decode(self._embedding, prompt, frame.image), propagated, decision)
         self.policy.keyframe_scored(result.score)
+        self._score = result.score
         return result
 
-    def _choose(self, masks: MaskSet, propagated: np.ndarray | None, decision: Decision) -> MaskResult:
-        agreements = [None] * len(masks.scores)
-        ranking = masks.scores.astype(np.float64).copy()
-        if propagated is not None:
-            agreements = [_iou(m, propagated) for m in masks.masks]
-            ranking += AGREEMENT_WEIGHT * np.asarray(agreements)
-        best = int(np.argmax(ranking))
-        logits = masks.logits[best]
-        return MaskResult(
-            mask=masks.masks[best],
-            logits=logits,
-            score=float(masks.scores[best]),
-            stability=_iou(logits > 1.0, logits > -1.0),
-            agreement=agreements[best],
-            keyframe=decision.keyframe,
-            reason=decision.reason,
-            candidate=best,
-        )
+
+def run_request(segmenter: Segmenter, request: KeyframeRequest) -> Keyframe:
+    """A live request's work: encode the frame (keyframes only), decode it, choose the mask.
+
+    Pure: it reads only `segmenter` and `request`, so it may run on a worker thread or in another process.
+    """
+    embedding = request.embedding
+    if request.decision.keyframe or embedding is None:
+        embedding = segmenter.encode(request.frame.image, request.frame.index)
+    masks = segmenter.decode(embedding, request.prompt, request.frame.image)
+    return Keyframe(request, embedding, choose_mask(masks, request.propagated, request.decision))
+
+
+def choose_mask(masks: MaskSet, propagated: np.ndarray | None, decision: Decision) -> MaskResult:
+    """Of the decoder's candidates, the best by predicted quality plus agreement with the propagated mask."""
+    agreements = [None] * len(masks.scores)
+    ranking = masks.scores.astype(np.float64).copy()
+    if propagated is not None:
+        agreements = [_iou(m, propagated) for m in masks.masks]
+        ranking += AGREEMENT_WEIGHT * np.asarray(agreements)
+    best = int(np.argmax(ranking))
+    logits = masks.logits[best]
+    return MaskResult(
+        mask=masks.masks[best],
+        logits=logits,
+        score=float(masks.scores[best]),
+        stability=_iou(logits > 1.0, logits > -1.0),
+        agreement=agreements[best],
+        keyframe=decision.keyframe,
+        reason=decision.reason,
+        candidate=best,
+    )
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.count_nonzero(a | b)
     return np.count_nonzero(a & b) / union if union else 1.0
+
+
+def _grown(box: np.ndarray, margin: float, w: int, h: int) -> tuple[int, int, int, int]:
+    """`box` grown by `margin` of its size on every side, as integer pixel bounds inside the frame."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    dx, dy = margin * (x1 - x0), margin * (y1 - y0)
+    return (max(0, int(x0 - dx)), max(0, int(y0 - dy)), min(w, int(np.ceil(x1 + dx))), min(h, int(np.ceil(y1 + dy))))

@@ -60,6 +60,13 @@ class OperatorCommand:
         """Whether the command carries a prompt (points or a box)."""
         return self.kind in ("point", "box")
 
+    def scaled(self, factor: float) -> OperatorCommand:
+        """The same command for a frame resized by `factor` (pixel coordinates multiplied by it)."""
+        if factor == 1.0 or not self.prompts:
+            return self
+        return OperatorCommand(self.kind, points=None if self.points is None else self.points * factor,
+                               labels=self.labels, box=None if self.box is None else self.box * factor)
+
     def as_dict(self) -> dict:
         data: dict = {"kind": self.kind}
         if self.points is not None:

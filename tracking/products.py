@@ -235,15 +235,16 @@ class ProductPipeline:
         return self.masks.take_request()
 
     def encode_keyframe(self, request: KeyframeRequest) -> Keyframe:
-        """Run a deferred keyframe's encode (+ its decode); safe on a worker thread."""
+        """Run a deferred request's encode (keyframes only) and decode; safe on a worker thread."""
         return self.masks.encode_keyframe(request)
 
     def install_keyframe(self, keyframe: Keyframe) -> bool:
         """Use a finished deferred keyframe; False if its product has ended meanwhile."""
         if self.product is None or not self.masks.install(keyframe):
             return False
-        self.product.keyframes += 1
-        self.product.keyframe_reasons[keyframe.request.decision.reason] += 1
+        if keyframe.request.decision.keyframe:
+            self.product.keyframes += 1
+            self.product.keyframe_reasons[keyframe.request.decision.reason] += 1
         return True
 
     # -- operator ----------------------------------------------------------------------------------------
@@ -405,9 +406,10 @@ class ProductPipeline:
             new_track=bool(prompt.get("new_track")) and not initial, rekey=bool(prompt.get("rekey")) and not initial,
         )
         mask, alpha, still_frame = result.mask, None, frame
-        if evidence is not None and mask.any():
-            mask, alpha, colour = self.stage.matte(frame.image, mask, evidence)
-            still_frame = dataclasses.replace(frame, image=colour)
+        # Live streams matte only a new best still (the one exported): matting costs more than a frame's budget.
+        live = self.masks.defer_keyframes
+        if evidence is not None and mask.any() and not live:
+            mask, alpha, still_frame = self._matte(frame, mask, evidence)
         product.frames += 1
         product.last_frame, product.last_timestamp = frame.index, frame.timestamp
         if result.keyframe:
@@ -426,13 +428,24 @@ class ProductPipeline:
             self.boxes.update(sv.Detections(xyxy=box[None], confidence=np.ones(1, np.float32)), frame.timestamp)
         still = score_still(frame.image, mask, confidence=result.score, stability=result.stability,
                             prior_agreement=result.agreement, weights=self.options.stills)
-        product.pool.offer(still_frame, mask, still, alpha=alpha)
+        best = product.pool.best()
+        if live and evidence is not None and (best is None or still.total > best.score.total) \
+                and product.pool.would_keep(frame.index, still):
+            matted, alpha, still_frame = self._matte(frame, mask, evidence)
+            product.pool.offer(still_frame, matted, still, alpha=alpha)
+        else:
+            product.pool.offer(still_frame, mask, still, alpha=alpha)
         detections = sv.Detections(
             xyxy=box[None], mask=mask[None], confidence=np.array([result.score], np.float32),
             tracker_id=np.array([product.number]),
             data={"keyframe": np.array([result.keyframe]), "reason": np.array([result.reason])},
         )
         return FrameResult(frame, detections, alpha=alpha, mask_result=result, still=still, events=events)
+
+    def _matte(self, frame: Frame, mask: np.ndarray, evidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, Frame]:
+        """The stage model's matte: (refined mask, soft alpha, the frame with decontaminated edge colour)."""
+        mask, alpha, colour = self.stage.matte(frame.image, mask, evidence)
+        return mask, alpha, dataclasses.replace(frame, image=colour)
 
     # -- product life ------------------------------------------------------------------------------------
 

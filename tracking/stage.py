@@ -110,14 +110,19 @@ class StageModel:
         if image.shape != self._mean.shape:
             raise ValueError(f"frame size {image.shape[:2]} differs from the stage's {self._mean.shape[:2]}")
         sigma = self._noise()
-        x = image.astype(np.float32)
-        b = self._mean
-        bb = np.maximum((b * b).sum(-1), 1.0)
+        # Per-channel planes: sums over a trailing axis of 3 are several times slower in numpy.
+        xs = cv2.split(image.astype(np.float32))
+        bs = cv2.split(self._mean)
+        xb = xs[0] * bs[0] + xs[1] * bs[1] + xs[2] * bs[2]
+        xx = xs[0] * xs[0] + xs[1] * xs[1] + xs[2] * xs[2]
+        bb_raw = bs[0] * bs[0] + bs[1] * bs[1] + bs[2] * bs[2]
+        bb = np.maximum(bb_raw, 1.0)
         # Brightness ratio that best explains x as a scaled backdrop; only shading below 1 is a shadow.
-        raw_ratio = (x * b).sum(-1) / bb
+        raw_ratio = xb / bb
         ratio = np.clip(raw_ratio, o.shadow_min, 1.0)
-        plain = np.sqrt(((x - b) ** 2).sum(-1)) / sigma
-        shaded = np.sqrt(((x - ratio[..., None] * b) ** 2).sum(-1)) / sigma
+        # |x - r b|^2 = |x|^2 - 2 r x.b + r^2 |b|^2, for r = 1 (the plain backdrop) and r = ratio.
+        plain = np.sqrt(np.maximum(xx - 2.0 * xb + bb_raw, 0.0)) / sigma
+        shaded = np.sqrt(np.maximum(xx - 2.0 * ratio * xb + ratio * ratio * bb_raw, 0.0)) / sigma
         # Texture: fine-scale (high-pass) energy of the brightness ratio, in noise units of this pixel's
         # backdrop. A penumbra is a smooth ramp without detail; a mesh or a print has plenty. The ratio
         # is clipped to the shadow range so a dark cable lying in its own contact shadow does not count

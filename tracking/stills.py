@@ -263,6 +263,14 @@ class CandidatePool:
             return None
         return min(c.score.total for c in self._kept)
 
+    def would_keep(self, frame_index: int, score: StillScore) -> bool:
+        """Whether `offer` could keep a candidate of this score at this frame (lets callers skip costly work)."""
+        total = score.total
+        worst = self.worst_total
+        if worst is not None and total <= worst:
+            return False
+        return not any(c.score.total >= total for c in self._kept if abs(c.frame_index - frame_index) <= self.min_gap)
+
     def offer(self, frame: Frame, mask: np.ndarray, score: StillScore, *, alpha: np.ndarray | None = None) -> bool:
         """Offer one frame's mask; returns True when it was kept.
 
@@ -275,17 +283,13 @@ class CandidatePool:
           score: its `score_still` result.
           alpha: optional (H, W) float soft alpha in [0, 1] at the frame's resolution.
         """
-        total = score.total
-        worst = self.worst_total
-        if worst is not None and total <= worst:
+        if not self.would_keep(frame.index, score):
             return False
         _check_image_mask(frame.image, mask, "CandidatePool.offer")
         if alpha is not None and np.shape(alpha) != np.shape(mask):
             raise ValueError(f"CandidatePool.offer: alpha shape {np.shape(alpha)} != mask shape {np.shape(mask)}")
 
         neighbours = [c for c in self._kept if abs(c.frame_index - frame.index) <= self.min_gap]
-        if any(c.score.total >= total for c in neighbours):
-            return False
         m = _as_u8(mask)
         box = mask_box(m)
         if box is None:

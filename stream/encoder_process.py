@@ -1,0 +1,43 @@
+"""The live pipeline's encoder worker: a process holding its own copy of the segmenter.
+
+A process, not a thread: the graph cut's max-flow holds the GIL for a whole solve, which would stall the
+frame path behind it. Spawned, not forked: forking a process that runs threads is unsafe. Starting it
+costs an interpreter and the main program's imports (a few seconds), so it is started, and the segmenter
+sent to it once, when the stream starts; until it is ready masks are carried by propagation.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+
+from turncrop.models.base import Segmenter
+from turncrop.tracking.masktrack import Keyframe, KeyframeRequest, run_request
+
+_segmenter: Segmenter | None = None  # the worker process's own copy
+
+
+def start_encoder_process(segmenter: Segmenter) -> ProcessPoolExecutor:
+    """A one-process pool for `run_in_encoder_process`; the process starts now (see `encoder_started`)."""
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_keep_segmenter, initargs=(segmenter,))
+    encoder_started(pool)
+    return pool
+
+
+def encoder_started(pool: ProcessPoolExecutor) -> Future:
+    """A future that completes once the worker process holds its segmenter (or fails to start)."""
+    return pool.submit(_started)
+
+
+def run_in_encoder_process(request: KeyframeRequest) -> Keyframe:
+    """`run_request` with the worker's segmenter (submit this to the pool)."""
+    return run_request(_segmenter, request)
+
+
+def _keep_segmenter(segmenter: Segmenter) -> None:
+    global _segmenter
+    _segmenter = segmenter
+
+
+def _started() -> bool:
+    return True
