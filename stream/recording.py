@@ -18,6 +18,8 @@ A session folder is self-describing:
                      {"event": "keyframe_installed", "frame": 12, "before": 15}
                      {"event": "command", "frame": 20, "command": {...}}       an operator command applied
                                                                                before frame 20 was processed
+                     {"event": "live", "working_size": 640}                    a live run started (the size
+                                                                               it segments frames at)
                      {"event": "end", "frames": 90, ...}                       the recorder closed cleanly
     golden/        expected replay outputs (written only by `turncrop replay --update-golden`)
 
@@ -459,7 +461,7 @@ def _read_events(path: Path) -> tuple[list[FrameRecord], list[dict], list[str]]:
                                      f"{frames[-1].index} at t={frames[-1].t}")
             frames.append(FrameRecord(index, float(t)))
         elif isinstance(data.get("event"), str):
-            if data["event"] != "end" and not isinstance(data.get("frame"), int):
+            if data["event"] not in ("end", "live") and not isinstance(data.get("frame"), int):
                 raise RecordingError(f"{path}: line {number}: event {data['event']!r} needs an integer frame")
             events.append(data)
         else:

@@ -119,8 +119,12 @@ def replay_session(session_dir: str | Path, out_dir: str | Path, *, config: Conf
                              f"{session.folder} (a replay never writes into a recording)")
     config = config or session.config()
     as_live = session.live and not every_frame
-    # The live pipeline segments frames at its working size (config live.working_size); so does the replay.
-    working_size = getattr(getattr(config, "live", None), "working_size", None)
+    # The live run segmented frames at its working size (noted when it started); so does the replay.
+    started = session.of_kind("live")
+    if started:
+        working_size = started[0].get("working_size")
+    else:
+        working_size = getattr(getattr(config, "live", None), "working_size", None)
     if not session.live and not every_frame:
         log.info("%s holds no live run: processing every frame", session.name)
     pipeline = build_pipeline(config, segmenter, frame_rate=session.fps, defer_keyframes=as_live)

@@ -82,6 +82,7 @@ def test_as_live_replay_reproduces_the_live_run(live_session, tmp_path):
     taken = [(e["frame"], e["after"]) for e in session.of_kind("keyframe_request")]
     assert [(k["frame"], k["after"]) for k in report.keyframes if "after" in k] == taken
     installed = [(e["frame"], e["before"]) for e in session.of_kind("keyframe_installed")]
+    assert taken and installed, "the live run handed no keyframe to its encoder"
     assert [(k["frame"], k["before"]) for k in report.keyframes if k["kind"] == "installed"] == installed
     live_products = live_session["manifest"]["products"]
     assert [(p["first_frame"], p["last_frame"], p.get("frame_index")) for p in report.summary.products] == \
