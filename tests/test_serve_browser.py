@@ -90,8 +90,9 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
     isolated = os.environ.get(NETNS_ENV) == "1"
     loopback_ice(monkeypatch)
     shots = turntable_frames()
-    # 1 s of empty stage, then the product turning for ~13 s; the fake camera loops the file.
-    clip = [shots[i] for i in EMPTY_FRAMES] * 3 + [shots[i] for i in PRODUCT_FRAMES] * 8
+    # The empty stage for 6 s (the session's pipeline starts meanwhile and learns it), then the product
+    # turning for ~13 s. The fake camera starts the file when the page opens it and loops it.
+    clip = [shots[i] for i in EMPTY_FRAMES] * 18 + [shots[i] for i in PRODUCT_FRAMES] * 8
     y4m = write_y4m(tmp_path / "camera.y4m", clip)
     # Chromium's singleton socket lives in TMPDIR and its path must stay short (< 108 bytes): not in tmp_path.
     scratch = Path(tempfile.mkdtemp(prefix="tc-"))
@@ -102,6 +103,7 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
     click_x, click_y = product_point()
 
     async def scenario() -> dict:
+        from playwright.async_api import TimeoutError as PlaywrightTimeout
         from playwright.async_api import async_playwright
 
         app = create_app(out, config, token="t0ken")  # the page must carry it on every request it makes
@@ -118,8 +120,18 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
             await page.goto(base + "?token=t0ken")
             await page.click("#start")
 
-            await page.wait_for_function("() => window.turncrop.events.some(e => e.type === 'product_started')")
-            await page.wait_for_function("() => window.turncrop.stats && window.turncrop.stats.mask_area > 500")
+            async def until(what: str, condition: str) -> None:
+                try:
+                    await page.wait_for_function(condition)
+                except PlaywrightTimeout:
+                    state = await page.evaluate("({stats: window.turncrop.stats, events: window.turncrop.events, "
+                                                "errors: window.turncrop.errors})")
+                    raise AssertionError(f"timed out waiting for {what}; the page had {json.dumps(state)[-3000:]}")
+
+            await until("the first processed frame", "() => window.turncrop.stats")
+            seen["first_stats"] = await page.evaluate("window.turncrop.stats")
+            await until("product_started", "() => window.turncrop.events.some(e => e.type === 'product_started')")
+            await until("a mask", "() => window.turncrop.stats && window.turncrop.stats.mask_area > 500")
             session = app[STATE].sessions[await page.evaluate("window.turncrop.session")]
             seen["ice"] = _nominated_addresses(session)
             seen["playing"] = await page.evaluate("""async () => {
@@ -141,7 +153,7 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
             }"""), np.uint8)
 
             await page.click("#next")
-            await page.wait_for_selector('.still[data-product="product-001"] img')
+            await until("product-001 in the gallery", "() => document.querySelector('.still[data-product=\"product-001\"] img')")
             seen["thumbnail_width"] = await page.evaluate("""async () => {
                 const img = document.querySelector('.still[data-product="product-001"] img');
                 await img.decode(); return img.naturalWidth; }""")
@@ -149,8 +161,8 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
                                                             "as => as.map(a => a.textContent)")
             # "Next product" holds the pipeline until the stage is seen empty: no mask while the product turns on.
             ended = await page.evaluate("window.turncrop.events.find(e => e.type === 'product_ended').frame_index")
-            await page.wait_for_function(f"""() => window.turncrop.stats.frame_index > {ended} + 2
-                                              && window.turncrop.stats.mask_area === 0""")
+            await until("no mask after next product", f"""() => window.turncrop.stats.frame_index > {ended} + 2
+                                                                && window.turncrop.stats.mask_area === 0""")
             seen["area_before_click"] = await page.evaluate("window.turncrop.stats.mask_area")
 
             # The operator clicks on the product in the preview: a point prompt starts the next product.
@@ -162,10 +174,10 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
                 return [left + (fx + 0.5) / w * v.videoWidth * s, top + (fy + 0.5) / h * v.videoHeight * s];
             }""", [click_x, click_y])
             await page.mouse.click(x, y)
-            await page.wait_for_function("() => window.turncrop.events.some(e => e.type === 'product_started' "
-                                         "&& e.product_id === 'product-002')")
-            await page.wait_for_function("() => window.turncrop.stats.product_id === 'product-002' "
-                                         "&& window.turncrop.stats.mask_area > 500")
+            await until("product-002 started by the click", "() => window.turncrop.events.some("
+                        "e => e.type === 'product_started' && e.product_id === 'product-002')")
+            await until("product-002's mask", "() => window.turncrop.stats.product_id === 'product-002' "
+                        "&& window.turncrop.stats.mask_area > 500")
             seen["area_after_click"] = await page.evaluate("window.turncrop.stats.mask_area")
             seen["events"] = await page.evaluate("window.turncrop.events")
             seen["errors"] = await page.evaluate("window.turncrop.errors")
@@ -180,6 +192,8 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert seen["errors"] == []
+    # The session's pipeline was up while the stage was still empty (it learns the stage from those frames).
+    assert seen["first_stats"]["product_id"] is None, seen["first_stats"]
     assert seen["ice"][0] == "127.0.0.1"
     if isolated:
         assert seen["ice"][1] == "127.0.0.1"
