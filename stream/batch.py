@@ -70,7 +70,10 @@ class Job:
 
 @dataclass
 class JobResult:
-    """What happened to one input. status: "done", "skipped" (already done with this key) or "failed"."""
+    """What happened to one input.
+
+    status: "done", "skipped" (already done with this key), "failed", or "not_run" (the batch was interrupted).
+    """
 
     input: str
     kind: str
@@ -139,9 +142,9 @@ class BatchReport:
         return [r for r in self.results if r.status == "failed"]
 
     def as_dict(self) -> dict:
-        worked = [r for r in self.results if r.status != "skipped"]
+        worked = [r for r in self.results if r.status in ("done", "failed")]
         frames = sum(r.frames for r in worked)
-        counts = {s: sum(r.status == s for r in self.results) for s in ("done", "skipped", "failed")}
+        counts = {s: sum(r.status == s for r in self.results) for s in ("done", "skipped", "failed", "not_run")}
         return {
             "tool": "turncrop batch",
             "turncrop": _version(),
@@ -472,6 +475,8 @@ def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, config: Config,
         except KeyboardInterrupt:
             interrupted = True
             clean_partial(out)
+        for i, job in enumerate(jobs):  # what an interrupt left undone
+            results.setdefault(i, JobResult(str(job.input.path), job.input.kind, job.key, job.out.name, "not_run"))
         report = BatchReport(out, mode, workers, [results[i] for i in sorted(results)], progress.seconds,
                              interrupted)
         atomic_write_bytes(out / SUMMARY, json.dumps(report.as_dict(), indent=2).encode())

@@ -261,7 +261,8 @@ def test_local_batch_equals_one_by_one_and_reports_the_broken_input(local_batch,
 
     summary = json.loads((out / "batch.json").read_text())
     assert summary["totals"] | {"seconds": 0, "fps": 0, "inputs_per_min": 0} == {
-        "inputs": 4, "done": 3, "skipped": 0, "failed": 1, "frames": 96, "seconds": 0, "fps": 0, "inputs_per_min": 0}
+        "inputs": 4, "done": 3, "skipped": 0, "failed": 1, "not_run": 0, "frames": 96, "seconds": 0, "fps": 0,
+        "inputs_per_min": 0}
     assert [i["status"] for i in summary["inputs"]].count("failed") == 1
     assert seen[-1] == (4, 1, 96), "progress reached every input, the failure and every frame"
     assert any(b[0] == a[0] and b[2] > a[2] for a, b in zip(seen, seen[1:])), "frames were counted while jobs ran"
@@ -307,7 +308,9 @@ def test_interrupted_batch_leaves_no_partial_output_and_rerun_completes(inputs, 
     assert not [n for n in left if n.startswith(".")], f"partial folders left: {left}"
     for name in left:
         assert read_done(out / name) is not None, f"{name} is an output folder without done.json"
-    assert json.loads((out / "batch.json").read_text())["interrupted"] is True
+    summary = json.loads((out / "batch.json").read_text())
+    assert summary["interrupted"] is True
+    assert sorted(i["status"] for i in summary["inputs"]) == sorted(["done"] * len(left) + ["not_run"] * (3 - len(left)))
 
     report = run_batch([inputs["captures"]], out, config, workers=2)
     assert sorted(r.status for r in report.results) == sorted(["skipped"] * len(left) + ["done"] * (3 - len(left)))
