@@ -60,7 +60,8 @@ def measure(inputs: list[Path], out: Path, workers: int, mode: str) -> dict:
         raise RuntimeError(f"{mode} x{workers}: {totals['failed']} inputs failed: {report.failed[0].error}")
     return {"mode": mode, "workers": workers, "inputs": totals["inputs"], "done": totals["done"],
             "skipped": totals["skipped"], "frames": totals["frames"], "seconds": round(seconds, 2),
-            "inputs_per_min": round(totals["inputs"] * 60 / seconds, 2), "frames_per_s": round(totals["frames"] / seconds, 2)}
+            "inputs_per_min": round(totals["inputs"] * 60 / seconds, 2),
+            "frames_per_s": round(totals["frames"] / seconds, 2)}
 
 
 def main() -> None:

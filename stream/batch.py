@@ -236,7 +236,8 @@ def content_digest(item: BatchInput, known: dict[str, list] | None = None) -> st
     if item.kind == "images":
         files = sorted((p for p in item.path.iterdir() if _is_image(p)), key=lambda p: natural_key(p.name))
     else:
-        files = sorted((p for p in item.path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(item.path).as_posix())
+        files = sorted((p for p in item.path.rglob("*") if p.is_file()),
+                       key=lambda p: p.relative_to(item.path).as_posix())
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.relative_to(item.path).as_posix()}\0{_file_sha256(f, known)}\n".encode())

@@ -294,8 +294,8 @@ def _batch(args: argparse.Namespace, config) -> int:
         raise ValueError(str(exc)) from None
     totals = report.as_dict()["totals"]
     print(f"{totals['inputs']} inputs: {totals['done']} done, {totals['skipped']} skipped (already done), "
-          f"{totals['failed']} failed, {totals['not_run']} not run; {totals['frames']} frames in {totals['seconds']:.1f} s "
-          f"({totals['fps']:.1f} fps); summary in {report.out / 'batch.json'}")
+          f"{totals['failed']} failed, {totals['not_run']} not run; {totals['frames']} frames in "
+          f"{totals['seconds']:.1f} s ({totals['fps']:.1f} fps); summary in {report.out / 'batch.json'}")
     for r in report.failed:
         print(f"turncrop: error: {r.input}: {r.error}", file=sys.stderr)
     if report.interrupted:

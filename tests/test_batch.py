@@ -27,7 +27,6 @@ from turncrop.stream.batch import (
     discover_inputs,
     encoder_plan,
     job_key,
-    plan_jobs,
     read_done,
     resolve_config,
     run_batch,
@@ -118,7 +117,8 @@ def _assert_same_outputs(batch_dir: Path, ref_dir: Path) -> None:
     for key in ("frames", "encoder_calls", "products", "keyframe_reasons"):
         assert manifest[key] == ref_manifest[key], f"{batch_dir.name}: manifest {key} differs"
     names = sorted(p.name for p in ref_dir.iterdir() if p.name != "manifest.json")
-    assert names and sorted(p.name for p in batch_dir.iterdir() if p.name not in ("manifest.json", "done.json")) == names
+    produced = sorted(p.name for p in batch_dir.iterdir() if p.name not in ("manifest.json", "done.json"))
+    assert names and produced == names
     for name in names:
         if name.endswith(".json"):
             ref, got = json.loads((ref_dir / name).read_text()), json.loads((batch_dir / name).read_text())
@@ -274,7 +274,8 @@ def test_rerun_does_no_work_and_a_changed_setting_reprocesses(local_batch, input
     report = run_batch([inputs["captures"]], out, config, workers=2)
     assert [r.status for r in report.results] == ["skipped"] * 3
     after = _mtimes(out)
-    assert {k: v for k, v in after.items() if k != "batch.json"} == {k: v for k, v in before.items() if k != "batch.json"}
+    assert {k: v for k, v in after.items() if k != "batch.json"} == \
+        {k: v for k, v in before.items() if k != "batch.json"}
     assert json.loads((out / "batch.json").read_text())["totals"]["skipped"] == 3
 
     changed = load_config(None, {"backend": "graphcut", "export.jpeg_quality": 80})
@@ -310,7 +311,8 @@ def test_interrupted_batch_leaves_no_partial_output_and_rerun_completes(inputs, 
         assert read_done(out / name) is not None, f"{name} is an output folder without done.json"
     summary = json.loads((out / "batch.json").read_text())
     assert summary["interrupted"] is True
-    assert sorted(i["status"] for i in summary["inputs"]) == sorted(["done"] * len(left) + ["not_run"] * (3 - len(left)))
+    statuses = sorted(i["status"] for i in summary["inputs"])
+    assert statuses == sorted(["done"] * len(left) + ["not_run"] * (3 - len(left)))
 
     report = run_batch([inputs["captures"]], out, config, workers=2)
     assert sorted(r.status for r in report.results) == sorted(["skipped"] * len(left) + ["done"] * (3 - len(left)))
@@ -401,3 +403,13 @@ def test_recorded_session_is_an_input_and_matches_its_replay(inputs, config, tmp
     assert set(kinds) == {"recording", "video"} and kinds["recording"].status == "done", kinds["recording"].error
     assert kinds["recording"].frames == 32
     _assert_same_outputs(out / kinds["recording"].out, tmp_path / "ref")
+
+
+def test_cli_batch_fails_with_status_1_naming_the_broken_input(inputs, tmp_path, capsys):
+    from turncrop.stream.cli import main
+
+    assert main(["batch", str(inputs["broken"]), "--out", str(tmp_path / "out"), "--backend", "graphcut"]) == 1
+    err = capsys.readouterr().err
+    assert "broken.mp4" in err and "1/1 inputs (0 done, 0 skipped, 1 failed)" in err
+    assert main(["batch", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
