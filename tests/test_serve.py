@@ -176,8 +176,8 @@ def test_two_sessions_at_once_are_isolated_and_recorded(tmp_path):
             for camera in cameras:
                 camera.scene = "product"
             for client in clients:
-                await client.wait_for("a mask", lambda c=client: [m for m in c.of_type("stats") if m["mask_area"] > 500],
-                                      30)
+                await client.wait_for("a mask", lambda c=client: [m for m in c.of_type("stats")
+                                                                   if m["mask_area"] > 500], 30)
             a.send({"type": "next_product"})
             await a.wait_for("A's still", lambda: a.of_type("still_exported"), 20)
             b_ended_meanwhile = b.of_type("product_ended")
@@ -229,7 +229,8 @@ def test_garbage_and_oversized_offers_get_400_and_the_server_goes_on(tmp_path):
                 "garbage sdp": await _post(http, base + "offer", json.dumps(
                     {"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nthis is not sdp\r\n", "type": "offer"}).encode()),
                 "no video": await _post(http, base + "offer", json.dumps({"sdp": "hello", "type": "offer"}).encode()),
-                "oversized": await _post(http, base + "offer", json.dumps({"sdp": "x" * 100_000, "type": "offer"}).encode()),
+                "oversized": await _post(http, base + "offer",
+                                         json.dumps({"sdp": "x" * 100_000, "type": "offer"}).encode()),
                 "good": await _post(http, base + "offer", json.dumps({"sdp": sdp, "type": "offer"}).encode()),
             }
             assert len(app[STATE].sessions) == 1  # only the good offer made a session
@@ -328,7 +329,8 @@ def test_page_messages_become_operator_commands():
     assert parse_command('{"type": "next_product"}', size).kind == "next_product"
     for message, error in [
         ("[1, 2]", "an object"), ("{", "not JSON"), ('{"type": "point", "x": "a", "y": 1}', "x must be"),
-        ('{"type": "point", "x": 1, "y": NaN}', "y must be"), ('{"type": "point", "x": 1, "y": 1, "label": 2}', "label"),
+        ('{"type": "point", "x": 1, "y": NaN}', "y must be"),
+        ('{"type": "point", "x": 1, "y": 1, "label": 2}', "label"),
         ('{"type": "box", "box": [1, 2, 3]}', "box must be"), ('{"type": "box", "box": [400, 0, 500, 10]}', "empty"),
         ('{"type": "point", "x": 1, "y": 1, "label": true}', "label"),
     ]:

@@ -147,13 +147,15 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
                 const d = g.getImageData(0, 0, c.width, c.height).data;
                 const rgb = [];
                 for (let y = 0; y < c.height; y++) { const row = [];
-                  for (let x = 0; x < c.width; x++) { const i = 4 * (y * c.width + x); row.push([d[i], d[i+1], d[i+2]]); }
+                  for (let x = 0; x < c.width; x++) {
+                    const i = 4 * (y * c.width + x); row.push([d[i], d[i+1], d[i+2]]); }
                   rgb.push(row); }
                 return rgb;
             }"""), np.uint8)
 
             await page.click("#next")
-            await until("product-001 in the gallery", "() => document.querySelector('.still[data-product=\"product-001\"] img')")
+            await until("product-001 in the gallery",
+                        "() => document.querySelector('.still[data-product=\"product-001\"] img')")
             seen["thumbnail_width"] = await page.evaluate("""async () => {
                 const img = document.querySelector('.still[data-product="product-001"] img');
                 await img.decode(); return img.naturalWidth; }""")
@@ -170,7 +172,8 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
                 const v = document.getElementById('preview'), r = v.getBoundingClientRect();
                 const [w, h] = window.turncrop.stats.frame_size;
                 const s = Math.min(r.width / v.videoWidth, r.height / v.videoHeight);
-                const left = r.left + (r.width - v.videoWidth * s) / 2, top = r.top + (r.height - v.videoHeight * s) / 2;
+                const left = r.left + (r.width - v.videoWidth * s) / 2;
+                const top = r.top + (r.height - v.videoHeight * s) / 2;
                 return [left + (fx + 0.5) / w * v.videoWidth * s, top + (fy + 0.5) / h * v.videoHeight * s];
             }""", [click_x, click_y])
             await page.mouse.click(x, y)
