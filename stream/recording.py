@@ -66,6 +66,7 @@ VIDEO_FILE = "video.mkv"
 EVENTS_FILE = "events.jsonl"
 GOLDEN_DIR = "golden"
 CODECS = ("ffv1", "h264")
+H264_PRESET = "veryfast"
 TIME_BASE = Fraction(1, 1000)  # video timestamps in ms; events.jsonl keeps the exact seconds
 
 
@@ -100,12 +101,15 @@ class _VideoWriter:
         rate = Fraction(fps).limit_denominator(1001)
         if codec == "ffv1":
             # bgr0 keeps RGB exactly: what the replay decodes is bit for bit what the live run segmented.
-            stream = self.container.add_stream("ffv1", rate=rate, options={"level": "3", "slicecrc": "1"})
+            # Slices let FFmpeg encode on two threads (~30 ms a 960x720 frame on a loaded 2-core machine).
+            stream = self.container.add_stream("ffv1", rate=rate, options={"level": "3", "slicecrc": "1",
+                                                                           "slices": "4", "threads": "2"})
             stream.pix_fmt = "bgr0"
         else:
-            # zerolatency: no lookahead or B-frames, so every frame is muxed as soon as it is encoded.
+            # zerolatency: no lookahead or B-frames, so every frame is muxed as soon as it is encoded;
+            # veryfast: ~20 ms a 960x720 frame (medium takes ~110 ms for ~10 % less size), in the source thread.
             stream = self.container.add_stream("libx264", rate=rate, options={
-                "crf": str(crf), "preset": "medium", "tune": "zerolatency", "g": str(max(int(round(fps)), 1))})
+                "crf": str(crf), "preset": H264_PRESET, "tune": "zerolatency", "g": str(max(int(round(fps)), 1))})
             stream.pix_fmt = "yuv420p"
         stream.width, stream.height = w, h
         stream.time_base = TIME_BASE
@@ -172,7 +176,8 @@ class SessionRecorder:
             "height": int(h),
             "fps": float(fps),
             "backend": backend or config.backend,
-            "video": {"file": VIDEO_FILE, "codec": codec, **({"crf": crf} if codec == "h264" else {})},
+            "video": {"file": VIDEO_FILE, "codec": codec,
+                      **({"crf": crf, "preset": H264_PRESET} if codec == "h264" else {"pix_fmt": "bgr0"})},
             "events": EVENTS_FILE,
             "config": config.to_dict(),
             **(extra or {}),
