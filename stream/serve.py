@@ -299,12 +299,14 @@ class Session:
     def _on_result(self, result: FrameResult) -> None:
         """On the event loop after each processed frame: events, statistics, and a new preview to draw."""
         detections = result.detections
-        self._latest = {
+        scale = self.source.size[1] / result.frame.size[1]  # the pipeline may work on smaller frames
+        self._latest = {  # in camera pixels, like the prompts
             "frame_index": result.frame.index,
-            "frame_size": [self.source.size[1], self.source.size[0]],  # what prompts are given in
+            "frame_size": [self.source.size[1], self.source.size[0]],
             "product_id": f"product-{int(detections.tracker_id[0]):03d}" if len(detections) else None,
-            "mask_area": int(detections.mask[0].sum()) if len(detections) and detections.mask is not None else 0,
-            "box": [round(float(v), 1) for v in detections.xyxy[0]] if len(detections) else None,
+            "mask_area": round(float(detections.mask[0].sum()) * scale * scale)
+            if len(detections) and detections.mask is not None else 0,
+            "box": [round(float(v) * scale, 1) for v in detections.xyxy[0]] if len(detections) else None,
             "keyframe": bool(result.keyframe),
         }
         for event in result.events:
