@@ -229,3 +229,40 @@ def test_operator_clicks_correct_the_mask(tmp_path):
     report = replay_session(unclicked, tmp_path / "out")
     without = np.mean([_j(report.mask(i), gt[i]) for i in after])
     assert with_clicks >= 0.8 and with_clicks - without >= 0.3, (with_clicks, without)
+
+
+def test_a_killed_live_recording_still_replays(live_session, tmp_path):
+    """A recorder that never closed (the end line missing, the video cut short) replays what it holds."""
+    session = tmp_path / "session"
+    shutil.copytree(live_session["folder"], session, ignore=shutil.ignore_patterns("golden"))
+    events = session / "events.jsonl"
+    events.write_text("".join(line for line in events.read_text().splitlines(keepends=True)
+                              if '"event":"end"' not in line))
+    video = session / "video.mkv"
+    video.write_bytes(video.read_bytes()[: int(video.stat().st_size * 0.7)])
+    report = replay_session(session, tmp_path / "out")
+    assert report.warnings and "did not close" in report.warnings[0]
+    assert 0 < len(report.processed) < live_session["stats"].frames_processed
+    live_masks = live_session["masks"]
+    for index, packed in report.masks.items():  # what it replays, it replays exactly
+        assert np.array_equal(packed, live_masks[index]), f"frame {index}"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["replay"]["warnings"] == report.warnings
+
+
+def test_live_command_records_a_session(tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    with open_source(SAMPLE) as source:
+        for frame in source:
+            if frame.index % 10 == 0:
+                small = cv2.resize(frame.image, (240, 180), interpolation=cv2.INTER_AREA)
+                cv2.imwrite(str(frames / f"{frame.index:03d}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    assert main(["live", str(frames), "--realtime", "--speed", "4", "--out", str(tmp_path / "out"), "--quiet",
+                 "--backend", "graphcut", "--record", str(tmp_path / "session"), "--record-codec", "h264"]) == 0
+    session = open_session(tmp_path / "session")
+    assert session.closed and session.live and len(session.frames) == 14
+    assert session.info["backend"] == "graphcut" and session.info["video"]["codec"] == "h264"
+    assert session.of_kind("live")
+    assert main(["replay", str(tmp_path / "session")]) == 0
+    assert "replayed as live" in capsys.readouterr().out
