@@ -167,21 +167,36 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
                                                                 && window.turncrop.stats.mask_area === 0""")
             seen["area_before_click"] = await page.evaluate("window.turncrop.stats.mask_area")
 
+            async def on_preview(fx: float, fy: float) -> tuple[float, float]:
+                """Page coordinates of camera pixel (fx, fy) on the preview."""
+                return await page.evaluate("""([fx, fy]) => {
+                    const v = document.getElementById('preview'), r = v.getBoundingClientRect();
+                    const [w, h] = window.turncrop.stats.frame_size;
+                    const s = Math.min(r.width / v.videoWidth, r.height / v.videoHeight);
+                    const left = r.left + (r.width - v.videoWidth * s) / 2;
+                    const top = r.top + (r.height - v.videoHeight * s) / 2;
+                    return [left + (fx + 0.5) / w * v.videoWidth * s, top + (fy + 0.5) / h * v.videoHeight * s];
+                }""", [fx, fy])
+
             # The operator clicks on the product in the preview: a point prompt starts the next product.
-            x, y = await page.evaluate("""([fx, fy]) => {
-                const v = document.getElementById('preview'), r = v.getBoundingClientRect();
-                const [w, h] = window.turncrop.stats.frame_size;
-                const s = Math.min(r.width / v.videoWidth, r.height / v.videoHeight);
-                const left = r.left + (r.width - v.videoWidth * s) / 2;
-                const top = r.top + (r.height - v.videoHeight * s) / 2;
-                return [left + (fx + 0.5) / w * v.videoWidth * s, top + (fy + 0.5) / h * v.videoHeight * s];
-            }""", [click_x, click_y])
-            await page.mouse.click(x, y)
+            await page.mouse.click(*await on_preview(click_x, click_y))
             await until("product-002 started by the click", "() => window.turncrop.events.some("
                         "e => e.type === 'product_started' && e.product_id === 'product-002')")
             await until("product-002's mask", "() => window.turncrop.stats.product_id === 'product-002' "
                         "&& window.turncrop.stats.mask_area > 500")
             seen["area_after_click"] = await page.evaluate("window.turncrop.stats.mask_area")
+            # A shift-click, a drag and the Re-key button reach the pipeline too.
+            await page.keyboard.down("Shift")
+            await page.mouse.click(*await on_preview(5, 5))
+            await page.keyboard.up("Shift")
+            await page.mouse.move(*await on_preview(40, 30))
+            await page.mouse.down()
+            await page.mouse.move(*await on_preview(150, 120), steps=5)
+            await page.mouse.move(*await on_preview(280, 220), steps=5)
+            await page.mouse.up()
+            await page.click("#rekey")
+            await until("five commands applied",
+                        "() => window.turncrop.events.filter(e => e.type === 'command_applied').length >= 5")
             seen["events"] = await page.evaluate("window.turncrop.events")
             seen["errors"] = await page.evaluate("window.turncrop.errors")
             await browser.close()
@@ -218,6 +233,10 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
     assert applied[0] == {"kind": "next_product"}
     assert applied[1]["kind"] == "point" and applied[1]["labels"] == [1]
     assert abs(applied[1]["points"][0][0] - click_x) <= 2 and abs(applied[1]["points"][0][1] - click_y) <= 2
+    by_kind = {c["kind"]: c for c in applied[2:]}
+    assert set(by_kind) == {"point", "box", "rekey"}
+    assert by_kind["point"]["labels"] == [0] and np.allclose(by_kind["point"]["points"], [[5, 5]], atol=2)
+    assert np.allclose(by_kind["box"]["box"], [40, 30, 280, 220], atol=2)
     # Closing the page finished the second product too.
     manifest = json.loads((folder / "manifest.json").read_text())
     assert [p["product_id"] for p in manifest["products"]] == ["product-001", "product-002"]
