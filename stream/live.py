@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -158,15 +158,19 @@ class PushSource(FrameSource):
     so the live pipeline's source worker reads it like a camera. A frame replaced before it was read is
     dropped and counted in `dropped`. `close()` ends the iteration; a frame still waiting is discarded.
     Iterating a source closed before it was read yields nothing (the peer left before the stream began).
+    `convert`, if given, turns what was put into a `Frame` on the reading worker, so the producer only
+    hands over (a WebRTC frame is converted to RGB only if it is read, never on the event loop).
     """
 
-    def __init__(self, name: str, size: tuple[int, int], fps: float = 30.0) -> None:
+    def __init__(self, name: str, size: tuple[int, int], fps: float = 30.0,
+                 convert: Callable[[Any], Frame] | None = None) -> None:
         super().__init__(name, fps, None, size)
         self.dropped = 0
-        self._frame: Frame | None = None
+        self.convert = convert
+        self._frame: Any = None
         self._changed = threading.Condition()
 
-    def put(self, frame: Frame) -> None:
+    def put(self, frame: Any) -> None:
         with self._changed:
             if self._closed:
                 return
@@ -186,7 +190,7 @@ class PushSource(FrameSource):
                     self._frame = None
                     return
                 frame, self._frame = self._frame, None
-            yield frame
+            yield self.convert(frame) if self.convert is not None else frame
 
     def close(self) -> None:
         with self._changed:

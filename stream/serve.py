@@ -250,21 +250,27 @@ class Session:
             if size is None:
                 size = (video.height // 2 * 2, video.width // 2 * 2)
                 self._start(size)
-            # A camera may change resolution mid-stream (WebRTC adapts it): keep the first size throughout.
-            image = video.to_ndarray(format="rgb24", width=size[1], height=size[0])
             if video.time is not None:
                 first_time = video.time if first_time is None else first_time
                 timestamp = video.time - first_time
             else:
                 timestamp = index / 30.0
-            self.source.put(Frame(image, index, timestamp, source=f"webrtc:{self.id}"))
+            self.source.put((video, index, timestamp))  # converted by the source worker, if it gets read
             index += 1
         log.info("session %s: %s", self.id, reason)
         self.close(reason)
 
     def _start(self, size: tuple[int, int]) -> None:
-        self.source = PushSource(f"webrtc session {self.id}", size)
+        self.source = PushSource(f"webrtc session {self.id}", size, convert=self._to_frame)
         self._run = asyncio.ensure_future(self._run_pipeline())
+
+    def _to_frame(self, received: tuple[av.VideoFrame, int, float]) -> Frame:
+        """A received video frame as the pipeline's RGB `Frame` (on the source worker)."""
+        video, index, timestamp = received
+        height, width = self.source.size
+        # A camera may change resolution mid-stream (WebRTC adapts it): keep the first size throughout.
+        image = video.to_ndarray(format="rgb24", width=width, height=height)
+        return Frame(image, index, timestamp, source=f"webrtc:{self.id}")
 
     async def _run_pipeline(self) -> None:
         loop = asyncio.get_running_loop()

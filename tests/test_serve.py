@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
+import numpy as np
 import pytest
 from aiohttp import ClientSession
 from yarl import URL
 
 from turncrop.stream.cli import main
 from turncrop.stream.config import load_config
+from turncrop.stream.live import PushSource
 from turncrop.stream.serve import STATE, check_bind, create_app, parse_command
+from turncrop.tracking.frame import Frame
 from turncrop.tracking.products import ProductPipeline
 from webrtc_helpers import Client, TurntableCamera, loopback_ice, offer_sdp, out_files, overlay_contrast, serving
 
@@ -317,6 +321,33 @@ def test_token_is_required_off_loopback_and_checked_on_every_request(tmp_path, c
 
     assert asyncio.run(scenario()) == {"none": 401, "wrong": 401, "query": 200, "header": 200, "script": 200,
                                        "offer without": 401}
+
+
+def test_push_source_keeps_the_newest_converts_only_what_is_read_and_ends_on_close():
+    converted = []
+
+    def convert(item):
+        converted.append(item)
+        return Frame(np.zeros((2, 2, 3), np.uint8), item, item / 30)
+
+    source = PushSource("peer", (2, 2), convert=convert)
+    frames = iter(source)
+    for i in range(3):
+        source.put(i)
+    assert next(frames).index == 2 and source.dropped == 2 and converted == [2]
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(f.index for f in frames))
+    reader.start()  # waits for the next frame
+    source.put(3)
+    time.sleep(0.1)
+    source.close()  # ends the reader's iteration
+    reader.join(5)
+    assert not reader.is_alive() and got == [3]
+    source.put(4)  # after close: ignored
+    assert converted == [2, 3] and list(source) == []
+    gone = PushSource("a peer that left before the stream began", (2, 2))
+    gone.close()
+    assert list(gone) == []
 
 
 def test_page_messages_become_operator_commands():
