@@ -111,6 +111,16 @@ def test_prior_agreement_enters_the_total_only_when_given() -> None:
     assert score(img, mask, prior_agreement=0.0).total < base.total < score(img, mask, prior_agreement=1.0).total
 
 
+def test_evidence_agreement_enters_the_total_only_when_given() -> None:
+    img, mask = textured_disc()
+    base = score(img, mask)
+    assert base.evidence_agreement is None
+    assert score(img, mask, evidence_agreement=0.5).total < base.total < score(img, mask, evidence_agreement=1.0).total
+    unweighted = StillWeights(evidence_agreement=0.0)
+    assert score(img, mask, evidence_agreement=0.0, weights=unweighted).total == pytest.approx(
+        score(img, mask, weights=unweighted).total)
+
+
 def test_empty_mask_scores_zero() -> None:
     img, _ = textured_disc()
     s = score(img, np.zeros((H, W), bool))

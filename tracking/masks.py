@@ -9,3 +9,9 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) of a (H, W) bool/uint8 mask, x1/y1 exclusive; None when empty."""
     x, y, w, h = cv2.boundingRect(np.asarray(mask, np.uint8))
     return None if w == 0 else (x, y, x + w, y + h)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two (H, W) bool masks; two empty masks agree fully (1.0)."""
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0

@@ -25,7 +25,7 @@ import numpy as np
 from turncrop.models.base import Embedding, MaskSet, Prompt, Segmenter
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import Decision, KeyframePolicy
-from turncrop.tracking.masks import mask_box
+from turncrop.tracking.masks import mask_box, mask_iou
 from turncrop.tracking.propagation import FlowPropagator
 
 AGREEMENT_WEIGHT = 0.5  # how much agreement with the propagated prior counts against predicted quality
@@ -224,8 +224,9 @@ class MaskTracker:
         self._request = KeyframeRequest(frame, prompt, propagated, grey, decision, self._generation,
                                         embedding=None if decision.keyframe else self._embedding)
         reason = f"{decision.reason}, encoding in the background" if decision.keyframe else "carried"
-        return MaskResult(mask=mask, logits=logits, score=self._score, stability=_iou(logits > 1.0, logits > -1.0),
-                          agreement=None, keyframe=False, reason=reason, candidate=-1)
+        return MaskResult(mask=mask, logits=logits, score=self._score,
+                          stability=mask_iou(logits > 1.0, logits > -1.0), agreement=None, keyframe=False,
+                          reason=reason, candidate=-1)
 
     def _keyframe(self, frame: Frame, prompt: Prompt, propagated: np.ndarray | None,
                   decision: Decision) -> MaskResult:
@@ -253,7 +254,7 @@ def choose_mask(masks: MaskSet, propagated: np.ndarray | None, decision: Decisio
     agreements = [None] * len(masks.scores)
     ranking = masks.scores.astype(np.float64).copy()
     if propagated is not None:
-        agreements = [_iou(m, propagated) for m in masks.masks]
+        agreements = [mask_iou(m, propagated) for m in masks.masks]
         ranking += AGREEMENT_WEIGHT * np.asarray(agreements)
     best = int(np.argmax(ranking))
     logits = masks.logits[best]
@@ -261,17 +262,13 @@ def choose_mask(masks: MaskSet, propagated: np.ndarray | None, decision: Decisio
         mask=masks.masks[best],
         logits=logits,
         score=float(masks.scores[best]),
-        stability=_iou(logits > 1.0, logits > -1.0),
+        stability=mask_iou(logits > 1.0, logits > -1.0),
         agreement=agreements[best],
         keyframe=decision.keyframe,
         reason=decision.reason,
         candidate=best,
     )
 
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 1.0
 
 
 def _grown(box: np.ndarray, margin: float, w: int, h: int) -> tuple[int, int, int, int]:

@@ -27,7 +27,7 @@ from turncrop.models.base import Segmenter
 from turncrop.tracking.boxes import BoxTracker
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
-from turncrop.tracking.masks import mask_box
+from turncrop.tracking.masks import mask_box, mask_iou
 from turncrop.tracking.masktrack import Keyframe, KeyframeRequest, MaskResult, MaskTracker
 from turncrop.tracking.operator import CommandApplied, OperatorCommand
 from turncrop.tracking.propagation import FlowPropagator, PropagationOptions
@@ -427,7 +427,9 @@ class ProductPipeline:
             # No detector: the mask's own box keeps the product's track (and id) alive.
             self.boxes.update(sv.Detections(xyxy=box[None], confidence=np.ones(1, np.float32)), frame.timestamp)
         still = score_still(frame.image, mask, confidence=result.score, stability=result.stability,
-                            prior_agreement=result.agreement, weights=self.options.stills)
+                            prior_agreement=result.agreement,
+                            evidence_agreement=None if evidence is None else mask_iou(mask, evidence > 0),
+                            weights=self.options.stills)
         best = product.pool.best()
         if live and evidence is not None and (best is None or still.total > best.score.total) \
                 and product.pool.would_keep(frame.index, still):

@@ -51,13 +51,16 @@ class StillWeights:
     Why these defaults: on a turntable every frame shows the same product at about the same size and
     place, so what really differs between frames is motion blur and how right the mask is. Sharpness
     (what a shopper notices first) gets the largest weight; confidence and stability together estimate
-    mask quality and weigh as much; size and centring only break ties when the product drifts.
+    mask quality and weigh as much; size and centring only break ties when the product drifts. The
+    segmenter's own confidence is flat across good frames; where an independent estimate of the product
+    exists (the empty-stage model), agreement between the two tells the frames whose mask is right.
     Completeness is not averaged in but gates the total: a catalogue still must show the whole product,
     so a cut mask scores at most `cut_floor` times an equal uncut one, yet cut candidates still rank
     among themselves when no frame shows the whole product.
 
     Attributes:
-      confidence, stability, sharpness, size, centring, prior_agreement: non-negative weights.
+      confidence, stability, sharpness, size, centring, prior_agreement, evidence_agreement: non-negative
+        weights (the last two count only when given).
       cut_tolerance: fraction of the mask outline on the frame edge at which completeness reaches 0
         (linear in between; 0.05 = a cut of 5 % of the outline already counts as fully cut).
       cut_floor: total multiplier of a fully cut mask, in [0, 1).
@@ -69,16 +72,17 @@ class StillWeights:
     size: float = 0.5
     centring: float = 0.5
     prior_agreement: float = 1.0
+    evidence_agreement: float = 1.0
     cut_tolerance: float = 0.05
     cut_floor: float = 0.05
 
     def __post_init__(self) -> None:
-        names = ("confidence", "stability", "sharpness", "size", "centring", "prior_agreement")
+        names = ("confidence", "stability", "sharpness", "size", "centring", "prior_agreement", "evidence_agreement")
         for name in names:
             w = getattr(self, name)
             if not (math.isfinite(w) and w >= 0):
                 raise ValueError(f"StillWeights.{name} must be a finite weight >= 0, got {w!r}")
-        if sum(getattr(self, n) for n in names if n != "prior_agreement") <= 0:
+        if sum(getattr(self, n) for n in names if not n.endswith("_agreement")) <= 0:
             raise ValueError("StillWeights: at least one of the always-present component weights must be > 0")
         if not 0 < self.cut_tolerance <= 1:
             raise ValueError(f"StillWeights.cut_tolerance must be in (0, 1], got {self.cut_tolerance!r}")
@@ -101,6 +105,7 @@ class StillScore:
     centring: float
     prior_agreement: float | None
     total: float
+    evidence_agreement: float | None = None
 
     def as_dict(self) -> dict[str, float | None]:
         """JSON-ready plain dict of all fields."""
@@ -135,6 +140,7 @@ def score_still(
     confidence: float,
     stability: float,
     prior_agreement: float | None = None,
+    evidence_agreement: float | None = None,
     weights: StillWeights = DEFAULT_WEIGHTS,
 ) -> StillScore:
     """Score one frame's mask of a product as a catalogue still.
@@ -145,6 +151,8 @@ def score_still(
       confidence: segmenter quality estimate; clipped to [0, 1] (SAM's IoU head can exceed 1 slightly).
       stability: mask stability, e.g. `mask_stability(logits)`; clipped to [0, 1].
       prior_agreement: optional agreement with a prior (e.g. IoU with the propagated mask), clipped.
+      evidence_agreement: optional agreement with an independent estimate of the product (e.g. IoU with
+        the empty-stage model's foreground), clipped.
       weights: how the components combine.
 
     Returns:
@@ -155,11 +163,13 @@ def score_still(
     stability = _unit(stability, "stability")
     if prior_agreement is not None:
         prior_agreement = _unit(prior_agreement, "prior_agreement")
+    if evidence_agreement is not None:
+        evidence_agreement = _unit(evidence_agreement, "evidence_agreement")
 
     m = _as_u8(mask)
     box = mask_box(m)
     if box is None:
-        return StillScore(confidence, stability, 0.0, 0.0, 0.0, 0.0, prior_agreement, 0.0)
+        return StillScore(confidence, stability, 0.0, 0.0, 0.0, 0.0, prior_agreement, 0.0, evidence_agreement)
     h, w = m.shape
     x0, y0, x1, y1 = box
     area = int(np.count_nonzero(m[y0:y1, x0:x1]))
@@ -181,9 +191,12 @@ def score_still(
     ]
     if prior_agreement is not None:
         parts.append((weights.prior_agreement, prior_agreement))
+    if evidence_agreement is not None:
+        parts.append((weights.evidence_agreement, evidence_agreement))
     quality = sum(wt * v for wt, v in parts) / sum(wt for wt, _ in parts)
     total = quality * (weights.cut_floor + (1.0 - weights.cut_floor) * complete)
-    return StillScore(confidence, stability, sharp, complete, size, centring, prior_agreement, float(total))
+    return StillScore(confidence, stability, sharp, complete, size, centring, prior_agreement, float(total),
+                      evidence_agreement)
 
 
 @dataclass(frozen=True)
