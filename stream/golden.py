@@ -3,7 +3,7 @@
 A session's `golden/` folder holds what a trusted replay produced:
 
     golden/golden.json   mode, config and versions used, frames processed, keyframe decisions, products
-                         (span, status, chosen still frame, score), each still's mask box
+                         (span, status, chosen still frame, its box and scores)
     golden/masks.npz     every frame's product mask, bit-packed (`np.packbits`, row-major), key "f<index>"
 
 `check_replay` compares a new replay with them: per-frame mask IoU at or above a tolerance, the same
@@ -87,6 +87,9 @@ def write_golden(session_dir: str | Path, report: ReplayReport, config: dict) ->
         entry = {k: p.get(k) for k in ("product_id", "status", "first_frame", "last_frame", "frame_index", "score")}
         if p.get("frame_index") is not None and report.mask(p["frame_index"]) is not None:
             entry["still_box"] = _box(report.mask(p["frame_index"]))
+        sidecar = Path(report.summary.out_dir) / f"{p['product_id']}.json"
+        if p.get("status") == "ok" and sidecar.is_file():
+            entry["still_scores"] = json.loads(sidecar.read_text()).get("scores")
         products.append(entry)
     info = {
         "golden_version": GOLDEN_VERSION,
