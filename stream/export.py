@@ -38,14 +38,14 @@ MAX_FEATHER_PX = 16.0
 # JPEG codes 8x8 blocks independently (with 4:4:4 chroma, as written here). A block that is entirely
 # white decodes to exactly 255 whenever the DC quantiser allows it, so the layout keeps the product out
 # of every block that holds a border pixel: at least 8 px of white plus 1 px for rounding on each side.
-_JPEG_BLOCK = 8
-_LAYOUT_SLACK_PX = 1
+JPEG_BLOCK = 8
+LAYOUT_SLACK_PX = 1
 # Guided filter regulariser on a [0, 1] grey guide: image edges with a contrast above ~sqrt(eps) (~8 grey
 # levels) steer the alpha edge; flatter regions get a plain feather.
 _GUIDED_EPS = 1e-3
 # Alpha below this is not visible on white (< 5 grey levels even for a black product): the layout and
 # the PNG crop are based on the extent of alpha >= it. Fainter tails may fall outside both.
-_VISIBLE_ALPHA = 0.02
+VISIBLE_ALPHA = 0.02
 _PNG_MARGIN_FRAC = 0.03
 _PNG_MIN_MARGIN_PX = 4
 _PRODUCT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -63,7 +63,7 @@ def min_output_side(fill: float) -> int:
     The margin on each side is (1 - fill) / 2 x side and must be >= 9 px: 120 px at fill 0.85,
     180 px at 0.9, 360 px at 0.95.
     """
-    return max(MIN_OUTPUT_SIDE, math.ceil(2 * (_JPEG_BLOCK + _LAYOUT_SLACK_PX) / (1.0 - fill)))
+    return max(MIN_OUTPUT_SIDE, math.ceil(2 * (JPEG_BLOCK + LAYOUT_SLACK_PX) / (1.0 - fill)))
 
 
 def _is_real(x: object) -> bool:
@@ -109,7 +109,7 @@ class ExportOptions:
             if not lo <= self.size <= MAX_OUTPUT_SIDE:
                 raise ValueError(
                     f"ExportOptions.size must be in [{lo}, {MAX_OUTPUT_SIDE}] px at fill {self.fill}, got {self.size} "
-                    f"({MIN_OUTPUT_SIDE} px floor, and a white margin of at least {_JPEG_BLOCK + _LAYOUT_SLACK_PX} px)"
+                    f"({MIN_OUTPUT_SIDE} px floor, and a white margin of at least {JPEG_BLOCK + LAYOUT_SLACK_PX} px)"
                 )
         if not isinstance(self.upscale, bool):
             raise ValueError(f"ExportOptions.upscale must be a bool, got {self.upscale!r}")
@@ -225,7 +225,7 @@ def export_still(
     the mask box, so the visible product is fill x side. With `size=None` the product keeps its source
     resolution (scale 1) and side = round(extent / fill).
     """
-    _check_product_id(product_id)
+    check_product_id(product_id)
     clash = _RESERVED_KEYS & set(meta)
     if clash:
         raise ValueError(f"export_still: meta must not set the sidecar's own keys {sorted(clash)}")
@@ -241,15 +241,15 @@ def export_still(
         alpha_kind = "guided_filter" if options.feather_px >= 0.5 else "hard"
     if alpha.shape != image.shape[:2]:
         raise ValueError(f"export_still: candidate alpha {alpha.shape} does not match its image {image.shape[:2]}")
-    x, y, bw, bh = cv2.boundingRect((alpha >= _VISIBLE_ALPHA).astype(np.uint8))
+    x, y, bw, bh = cv2.boundingRect((alpha >= VISIBLE_ALPHA).astype(np.uint8))
     if bw == 0:
         raise ValueError(f"export_still: product {product_id!r}: the candidate's mask/alpha is empty")
     extent = (x, y, x + bw, y + bh)  # visible product, crop coordinates
 
     png_bytes, png_size, png_margin = _encode_png(image, alpha, extent)
     side, scale, forced = _layout(max(bw, bh), options)
-    canvas = _render_on_white(image, alpha, extent, side, scale)
-    jpg_bytes, quality = _encode_jpeg_white_border(canvas, options.jpeg_quality)
+    canvas = render_on_white(image, alpha, extent, side, scale)
+    jpg_bytes, quality = encode_jpeg_white_border(canvas, options.jpeg_quality)
 
     ox, oy = candidate.offset
     sidecar = {
@@ -279,7 +279,7 @@ def export_still(
         "options": dataclasses.asdict(options),
         **meta,
     }
-    text = _to_json(sidecar, "sidecar")  # before writing anything: a bad meta must not leave half a product
+    text = to_json(sidecar, "sidecar")  # before writing anything: a bad meta must not leave half a product
 
     png_path, jpg_path, json_path = out / f"{product_id}.png", out / f"{product_id}.jpg", out / f"{product_id}.json"
     atomic_write_bytes(png_path, png_bytes)
@@ -295,7 +295,7 @@ def write_no_still_record(
 
     `meta` is merged as in `export_still` (e.g. the best rejected score, frame range, backend).
     """
-    _check_product_id(product_id)
+    check_product_id(product_id)
     if not isinstance(reason, str) or not reason.strip():
         raise ValueError("write_no_still_record: reason must be a non-empty string")
     clash = {"product_id", "status", "reason"} & set(meta)
@@ -305,7 +305,7 @@ def write_no_still_record(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{product_id}.json"
-    atomic_write_bytes(path, _to_json(record, "no-still record"))
+    atomic_write_bytes(path, to_json(record, "no-still record"))
     return path
 
 
@@ -316,7 +316,7 @@ def write_manifest(out_dir: str | os.PathLike[str], manifest: dict[str, Any]) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.json"
-    atomic_write_bytes(path, _to_json(manifest, "manifest"))
+    atomic_write_bytes(path, to_json(manifest, "manifest"))
     return path
 
 
@@ -349,7 +349,7 @@ def _layout(extent_px: int, options: ExportOptions) -> tuple[int, float, bool]:
     return side, scale, False
 
 
-def _render_on_white(
+def render_on_white(
     image: np.ndarray, alpha: np.ndarray, extent: tuple[int, int, int, int], side: int, scale: float
 ) -> np.ndarray:
     """(side, side, 3) uint8: the product scaled by `scale`, centred on white; border JPEG blocks white."""
@@ -378,15 +378,15 @@ def _render_on_white(
     out = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     # The layout keeps the product out of these blocks; this only clears sub-visible resampling tails,
     # which would otherwise make the border blocks non-constant and let JPEG ring into the border.
-    last = _JPEG_BLOCK * ((side - 1) // _JPEG_BLOCK)
-    out[:_JPEG_BLOCK] = 255
+    last = JPEG_BLOCK * ((side - 1) // JPEG_BLOCK)
+    out[:JPEG_BLOCK] = 255
     out[last:] = 255
-    out[:, :_JPEG_BLOCK] = 255
+    out[:, :JPEG_BLOCK] = 255
     out[:, last:] = 255
     return out
 
 
-def _encode_jpeg_white_border(canvas: np.ndarray, quality: int) -> tuple[bytes, int]:
+def encode_jpeg_white_border(canvas: np.ndarray, quality: int) -> tuple[bytes, int]:
     """JPEG bytes whose border pixels decode to exactly 255, and the quality used.
 
     4:4:4 chroma keeps each 8x8 block independent (4:2:0 would blend chroma across 16 px); an all-white
@@ -434,14 +434,16 @@ def _encode_png(
     return buf.getvalue(), (ow, oh), margin
 
 
-def _check_product_id(product_id: str) -> None:
+def check_product_id(product_id: str) -> None:
+    """ValueError unless `product_id` is safe as a file name stem."""
     if not isinstance(product_id, str) or not _PRODUCT_ID.fullmatch(product_id):
         raise ValueError(
             f"product_id must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}} (it names files), got {product_id!r}"
         )
 
 
-def _to_json(obj: dict[str, Any], what: str) -> bytes:
+def to_json(obj: dict[str, Any], what: str) -> bytes:
+    """`obj` as indented UTF-8 JSON; ValueError naming `what` for values JSON cannot hold (NaN, objects)."""
     return (json.dumps(_jsonable(obj, what), indent=2, allow_nan=False) + "\n").encode("utf-8")
 
 

@@ -23,22 +23,22 @@ import numpy as np
 from PIL import Image
 
 from turncrop.stream.export import (
-    _JPEG_BLOCK,
-    _LAYOUT_SLACK_PX,
-    _VISIBLE_ALPHA,
-    _check_product_id,
-    _encode_jpeg_white_border,
-    _render_on_white,
-    _to_json,
+    JPEG_BLOCK,
+    LAYOUT_SLACK_PX,
+    VISIBLE_ALPHA,
     atomic_write_bytes,
+    check_product_id,
+    encode_jpeg_white_border,
+    render_on_white,
     soft_alpha,
+    to_json,
 )
 from turncrop.tracking.spin import NoSpin, SpinPlan, SpinSample
 
 # Margin around the union of the views' visible extents: this fraction of its longer side, at least
 # the JPEG border blocks plus rounding, so no view touches the border in either output.
 _MARGIN_FRAC = 0.05
-_MIN_MARGIN_PX = _JPEG_BLOCK + _LAYOUT_SLACK_PX + 1
+_MIN_MARGIN_PX = JPEG_BLOCK + LAYOUT_SLACK_PX + 1
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class SpinRecord:
 
 def spin_folder(out_dir: str | os.PathLike[str], product_id: str) -> Path:
     """`{out_dir}/{product_id}_spin`."""
-    _check_product_id(product_id)
+    check_product_id(product_id)
     return Path(out_dir) / f"{product_id}_spin"
 
 
@@ -65,7 +65,7 @@ def shared_box(samples: list[SpinSample], alphas: list[np.ndarray]) -> tuple[int
     """
     boxes = []
     for s, a in zip(samples, alphas):
-        ys, xs = np.nonzero(a >= _VISIBLE_ALPHA)
+        ys, xs = np.nonzero(a >= VISIBLE_ALPHA)
         if len(xs) == 0:
             raise ValueError(f"spin export: frame {s.frame_index} has an empty alpha")
         ox, oy = s.crop.offset
@@ -106,7 +106,7 @@ def export_spin(out_dir: str | os.PathLike[str], product_id: str, samples: list[
         ox, oy = v.crop.offset
         png = _square_rgba(v.crop.image, a, (bx - ox, by - oy), side)
         extent = (bx - ox, by - oy, bx - ox + side, by - oy + side)  # the shared box, crop coordinates
-        jpg, quality = _encode_jpeg_white_border(_render_on_white(v.crop.image, a, extent, out_side, scale),
+        jpg, quality = encode_jpeg_white_border(render_on_white(v.crop.image, a, extent, out_side, scale),
                                                  jpeg_quality)
         pngs.append(folder / f"{k:03d}.png")
         jpgs.append(folder / f"{k:03d}.jpg")
@@ -124,7 +124,7 @@ def export_spin(out_dir: str | os.PathLike[str], product_id: str, samples: list[
         "crop": {"x0": bx, "y0": by, "side": side, "output_side": out_side, "scale": scale},
         "frames": entries, **meta,
     }
-    atomic_write_bytes(folder / "spin.json", _to_json(data, "spin.json"))
+    atomic_write_bytes(folder / "spin.json", to_json(data, "spin.json"))
     atomic_write_bytes(folder / "index.html", viewer_html(len(views), product_id).encode("utf-8"))
     return SpinRecord(folder, pngs, jpgs, data)
 
@@ -137,7 +137,7 @@ def write_no_spin_record(out_dir: str | os.PathLike[str], product_id: str, resul
     record = {"product_id": product_id, "status": "no_spin", "reason": result.reason,
               "period_frames": None if result.period_frames is None else round(result.period_frames, 3), **meta}
     path = folder / "spin.json"
-    atomic_write_bytes(path, _to_json(record, "no-spin record"))
+    atomic_write_bytes(path, to_json(record, "no-spin record"))
     return path
 
 
