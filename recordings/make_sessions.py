@@ -22,11 +22,12 @@ live session's drops and keyframe hand-offs, which are whatever the live run on 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import shutil
 import subprocess
 import sys
 import zipfile
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,8 +158,6 @@ def record_live(folder: Path, frames: list[np.ndarray], config, description: str
         report = run_live(source, out, config, handle_signals=False, record=folder, record_codec="h264")
     shutil.rmtree(out)
     # The recorder wrote the run's config and versions; add what a bundled session must say about itself.
-    import json
-
     info = json.loads((folder / "session.json").read_text())
     info.update({"description": description, "attribution": ATTRIBUTION, "generator": "recordings/make_sessions.py",
                  "ground_truth": "gt.npz", "video": {**info["video"], "crf": CRF}})
@@ -260,17 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     if folder := fresh("orbit_live"):
         shots = [Shot(None)] * 8 + [Shot(v) for v in range(0, 100, 2)] + [Shot(None)] * 6
         frames, masks = studio.render(shots)
-        record_live(folder, frames, graphcut, "the empty stage (8 frames), one full turn of the mic (50 frames, "
-                    "7.2 degrees a frame), the empty stage (6 frames); recorded from a live graph-cut run")
+        record_live(folder, frames, graphcut, DESCRIPTIONS["orbit_live"])
         write_gt(folder, masks)
 
     if folder := fresh("two_products"):
         shots = ([Shot(None)] * 8 + [Shot(v) for v in range(0, 100, 4)] + [Shot(None)] * 8
                  + [Shot(v, "second") for v in range(30, 100, 3)] + [Shot(None)] * 8)
         frames, masks = studio.render(shots)
-        record(folder, frames, graphcut, "the empty stage (8 frames), the mic turning (25 frames), the empty "
-               "stage (8), a second product: the same mic model mirrored, 80 % size, tinted red (24 frames), "
-               "the empty stage (8)")
+        record(folder, frames, graphcut, DESCRIPTIONS["two_products"])
         write_gt(folder, masks)
 
     if folder := fresh("operator_clicks"):
@@ -285,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                   fix: [{"kind": "point", "points": [[round(float(x), 1), round(float(y), 1)] for x, y in points],
                          "labels": [1] * len(points)}]}
         config = load_config("default", {"backend": "graphcut", "stage.enabled": False})
-        record(folder, frames, config, f"the empty stage (6 frames), the mic turning (30 frames); no stage model. "
-               f"Frame {start}: the operator's box covers only the microphone's head; frame {fix}: two clicks on "
-               f"the stand and base correct the mask", events)
+        record(folder, frames, config, DESCRIPTIONS["operator_clicks"], events)
         write_gt(folder, masks)
 
     for folder in made:
