@@ -185,6 +185,10 @@ def check_replay(golden: Golden, report: ReplayReport, out_dir: str | Path,
         result.note(f"the golden outputs were made {info.get('mode', '?').replace('_', ' ')}")
     for warning in report.warnings:
         result.note(f"warning: {warning}")
+    if report.divergences:
+        # Not a failure by itself: a changed setting may ask for keyframes the live run never took.
+        result.note(f"the replay departed from the recorded live run at {len(report.divergences)} point(s), first: "
+                    f"{report.divergences[0]}")
     if tuple(golden.size) != tuple(report.size):
         result.fail(f"frame size {report.size} differs from the golden {golden.size}")
         return result
