@@ -1,6 +1,7 @@
 """Replay of recorded sessions: as the live run did, every frame, golden checks, the bundled sessions."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -15,11 +16,13 @@ import pytest
 from turncrop.stream.cli import main
 from turncrop.stream.config import load_config
 from turncrop.stream.golden import load_golden, write_golden
-from turncrop.stream.live import run_live
+from turncrop.stream.live import LivePipeline, run_live
 from turncrop.stream.live_sources import MonotonicClock, RealtimeSource
-from turncrop.stream.recording import RecordingError, open_session
+from turncrop.stream.recording import RecordingError, SessionRecorder, open_session
 from turncrop.stream.replay import AS_LIVE, EVERY_FRAME, pack_mask, replay_session
+from turncrop.stream.runner import ProductSink, build_pipeline
 from turncrop.stream.sources import ImageFolderSource, open_source
+from turncrop.tracking.operator import OperatorCommand
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recordings" / "mic_turntable" / "video.mp4"
@@ -37,7 +40,7 @@ def _tree_hash(folder: Path) -> str:
 
 @pytest.fixture(scope="module")
 def live_session(tmp_path_factory) -> dict:
-    """A live run of 45 frames (every 3rd of the sample at 320x240, 10 fps), recorded losslessly, with the
+    """A live run of 47 frames (every 3rd of the sample at 320x240, 10 fps), recorded losslessly, with the
     masks the live run made and its manifest."""
     root = tmp_path_factory.mktemp("live_record")
     frames = root / "frames"
@@ -58,7 +61,7 @@ def live_session(tmp_path_factory) -> dict:
     with RealtimeSource(ImageFolderSource(frames, fps=10.0), MonotonicClock(2.0)) as source:
         report = run_live(source, root / "live_out", config, handle_signals=False, record=root / "session",
                           on_result=keep)
-    return {"folder": root / "session", "masks": masks, "stats": report.stats,
+    return {"folder": root / "session", "masks": masks, "stats": report.stats, "frames": frames,
             "manifest": json.loads((root / "live_out" / "manifest.json").read_text())}
 
 
@@ -89,6 +92,51 @@ def test_as_live_replay_reproduces_the_live_run(live_session, tmp_path):
         [(p["first_frame"], p["last_frame"], p.get("frame_index")) for p in live_products]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["replay"]["mode"] == AS_LIVE and manifest["products"] == report.summary.products
+
+
+def test_operator_commands_in_a_live_run_are_recorded_and_replayed_exactly(live_session, tmp_path):
+    config = load_config("default", {"backend": "graphcut", "keyframes.max_interval": 3})
+    masks: dict[int, np.ndarray] = {}
+    sent: list[int] = []
+
+    async def live_run() -> None:
+        with RealtimeSource(ImageFolderSource(live_session["frames"], fps=10.0), MonotonicClock(2.0)) as source:
+            pipeline = build_pipeline(config, frame_rate=source.fps, defer_keyframes=True)
+            sink = ProductSink(tmp_path / "live_out", config, source, pipeline)
+            recorder = SessionRecorder(tmp_path / "session", config, source.fps, source.size, source=source.name,
+                                       backend=pipeline.segmenter.name)
+
+            def on_result(result) -> None:  # the operator, on the event loop as the serve page would be
+                if not len(result.detections):
+                    return
+                mask = result.detections.mask[0]
+                masks[result.frame.index] = pack_mask(mask)
+                if not sent:  # click on the product the first time it is seen
+                    ys, xs = np.nonzero(mask)
+                    pipeline.command(OperatorCommand("point", points=[[xs[len(xs) // 2], ys[len(ys) // 2]]],
+                                                     labels=[1]))
+                    sent.append(result.frame.index)
+                elif len(sent) == 1 and result.frame.index >= sent[0] + 6:
+                    pipeline.command(OperatorCommand("rekey"))
+                    sent.append(result.frame.index)
+
+            live = LivePipeline(source, pipeline, sink, on_result=on_result, recorder=recorder,
+                                working_size=config.live.working_size)
+            try:
+                await live.run()
+            finally:
+                recorder.close()
+
+    asyncio.run(live_run())
+    session = open_session(tmp_path / "session")
+    commands = session.of_kind("command")
+    assert [c["command"]["kind"] for c in commands] == ["point", "rekey"]
+    assert all(c["frame"] > s for c, s in zip(commands, sent))  # applied on a later frame than sent
+    report = replay_session(tmp_path / "session", tmp_path / "replay")
+    assert report.divergences == []
+    assert set(report.masks) == set(masks)
+    for index, packed in masks.items():
+        assert np.array_equal(report.masks[index], packed), f"frame {index}"
 
 
 def test_every_frame_replay_processes_every_recorded_frame(live_session, tmp_path):
