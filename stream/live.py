@@ -216,6 +216,7 @@ class LivePipeline:
         self._encoding: asyncio.Future | None = None
         self._ready: Keyframe | None = None  # a finished encode, installed before the next frame
         self._last_index = -1
+        self._upstream_before = 0
 
     def command(self, command: OperatorCommand) -> None:
         """Queue an operator command given in camera pixels; the pipeline gets it at the working size.
@@ -240,10 +241,11 @@ class LivePipeline:
         slot = LatestFrame()
         with ThreadPoolExecutor(1, "turncrop-source") as source_pool, \
                 ThreadPoolExecutor(1, "turncrop-frame") as frame_pool, \
-                start_encoder_process(self.pipeline.segmenter) as encoder_pool:
+                (await loop.run_in_executor(None, start_encoder_process, self.pipeline.segmenter)) as encoder_pool:
             # The stream starts once the model is loaded in the worker, so its first keyframes are not lost.
             await self._until_started(encoder_pool)
             self.stats = LiveStats()
+            self._upstream_before = self._upstream_dropped(since_start=False)  # replaced while starting up
             if self.recorder is not None:
                 self.recorder.event({"event": "live", "working_size": self.working_size})
             timer = loop.call_later(duration, self.stop) if duration is not None else None
@@ -270,6 +272,9 @@ class LivePipeline:
                 self.stats.ended = time.monotonic()
                 self.sink.summary.error = self.error
                 self.sink.write_manifest(self.stats.as_dict())
+                # Spawning (it pickles the segmenter) and joining the encoder process take up to seconds:
+                # neither runs on the event loop, which other streams may share (turncrop serve).
+                await loop.run_in_executor(None, encoder_pool.shutdown)
         if on_stats is not None:
             on_stats(self.stats)
         return self.stats
@@ -336,9 +341,12 @@ class LivePipeline:
             if self.on_result is not None:
                 self.on_result(result)
 
-    def _upstream_dropped(self) -> int:
-        """Frames a push source replaced before the source worker read them (they never reached the slot)."""
-        return self.source.dropped if isinstance(self.source, PushSource) else 0
+    def _upstream_dropped(self, since_start: bool = True) -> int:
+        """Frames a push source replaced before the source worker read them (they never reached the slot),
+        since the stream started (not those that arrived while the encoder process was starting)."""
+        if not isinstance(self.source, PushSource):
+            return 0
+        return self.source.dropped - (self._upstream_before if since_start else 0)
 
     def _step(self, frame: Frame, ready: Keyframe | None) -> FrameResult:
         """The frame path (on the frame worker): install a finished request, segment, export."""
