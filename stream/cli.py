@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replay", help="replay a recorded session deterministically; --check compares it with "
                         "its golden outputs")
-    rp.add_argument("session", type=Path, help="session folder (turncrop record / live --record)")
-    rp.add_argument("--out", type=Path, help="output folder (default: a temporary one, removed afterwards)")
+    rp.add_argument("sessions", nargs="+", type=Path, metavar="SESSION",
+                    help="session folder (turncrop record / live --record), or a folder of them")
+    rp.add_argument("--out", type=Path, help="output folder (default: a temporary one, removed afterwards); "
+                    "with several sessions, one subfolder each")
     rp.add_argument("--every-frame", action="store_true",
                     help="process every recorded frame, keyframes in place (default: as the live run did)")
     rp.add_argument("--check", action="store_true", help="compare with the session's golden outputs; exit 1 if "
@@ -353,13 +355,9 @@ def _record(args: argparse.Namespace, config) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    import tempfile
-
     import yaml
 
-    from turncrop.stream.golden import Tolerances, check_replay, load_golden, write_golden
-    from turncrop.stream.recording import open_session
-    from turncrop.stream.replay import EVERY_FRAME, replay_session
+    from turncrop.stream.recording import is_recording
 
     if args.check and args.update_golden:
         raise ValueError("--check and --update-golden exclude each other: check first, then update on purpose")
@@ -369,19 +367,45 @@ def _replay(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
         overrides[key] = yaml.safe_load(value)
-    session = open_session(args.session)
+    sessions: list[Path] = []
+    for path in args.sessions:
+        folder_of_sessions = path.is_dir() and not is_recording(path)
+        inside = sorted(p for p in path.iterdir() if is_recording(p)) if folder_of_sessions else []
+        sessions.extend(inside or [path])  # a path that is no session fails with the reason when opened
+    if len(sessions) == 1:
+        return _replay_one(args, sessions[0], overrides, args.out)
+    codes = []
+    for session in sessions:
+        try:
+            codes.append(_replay_one(args, session, overrides, args.out / session.name if args.out else None))
+        except (ConfigError, SourceError, ValueError, OSError) as exc:
+            print(f"turncrop: error: {exc}", file=sys.stderr)
+            codes.append(2)
+    print(f"{len(sessions)} sessions: {codes.count(0)} passed, {codes.count(1)} failed a check, "
+          f"{codes.count(2)} bad input")
+    return max(codes)
+
+
+def _replay_one(args: argparse.Namespace, folder: Path, overrides: dict[str, Any], out_dir: Path | None) -> int:
+    import tempfile
+
+    from turncrop.stream.golden import Tolerances, check_replay, load_golden, write_golden
+    from turncrop.stream.recording import open_session
+    from turncrop.stream.replay import EVERY_FRAME, replay_session
+
+    session = open_session(folder)
     config = load_config(args.config, overrides) if args.config else session.config(overrides)
-    golden = load_golden(args.session) if args.check else None
+    golden = load_golden(folder) if args.check else None
     every_frame = args.every_frame or (golden is not None and golden.info.get("mode") == EVERY_FRAME)
     tolerances = Tolerances(args.iou, args.span_frames, args.still_frames)
     with tempfile.TemporaryDirectory(prefix="turncrop-replay-") as tmp:
-        out = args.out or Path(tmp)
-        report = replay_session(args.session, out, config=config, every_frame=every_frame)
+        out = out_dir or Path(tmp)
+        report = replay_session(folder, out, config=config, every_frame=every_frame)
         if golden is not None:
             result = check_replay(golden, report, out, tolerances)
             print(result.text())
             return 0 if result.passed else 1
-        print(f"{args.session}: replayed {report.mode.replace('_', ' ')}, {len(report.processed)} of "
+        print(f"{folder}: replayed {report.mode.replace('_', ' ')}, {len(report.processed)} of "
               f"{report.frames_recorded} frames in {report.seconds:.1f} s ({report.fps:.1f} fps), "
               f"backend {report.summary.backend}, {len(report.keyframes)} keyframe decisions")
         for p in report.summary.products:
@@ -392,9 +416,9 @@ def _replay(args: argparse.Namespace) -> int:
         for line in report.warnings:
             print(f"  warning: {line}")
         if args.update_golden:
-            print(f"golden outputs written to {write_golden(args.session, report, config.to_dict())}")
-        if args.out:
-            print(f"outputs in {args.out} (manifest.json)")
+            print(f"golden outputs written to {write_golden(folder, report, config.to_dict())}")
+        if out_dir:
+            print(f"outputs in {out_dir} (manifest.json)")
     return 0
 
 

@@ -147,6 +147,7 @@ def test_every_frame_replay_processes_every_recorded_frame(live_session, tmp_pat
     assert [p["status"] for p in report.summary.products] == ["ok"]
 
 
+@pytest.mark.slow
 def test_replay_is_deterministic_across_runs_and_processes(live_session, tmp_path):
     session = tmp_path / "session"
     shutil.copytree(live_session["folder"], session)
@@ -314,3 +315,17 @@ def test_live_command_records_a_session(tmp_path, capsys):
     assert session.of_kind("live")
     assert main(["replay", str(tmp_path / "session")]) == 0
     assert "replayed as live" in capsys.readouterr().out
+
+
+def test_replay_checks_every_session_in_a_folder(live_session, tmp_path, capsys):
+    studio = tmp_path / "week"
+    for name in ("monday", "tuesday"):
+        shutil.copytree(live_session["folder"], studio / name, ignore=shutil.ignore_patterns("golden"))
+    assert main(["replay", str(studio / "monday"), "--update-golden"]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(studio), "--check", "--out", str(tmp_path / "out")]) == 2  # tuesday: no golden
+    captured = capsys.readouterr()
+    assert "monday:" in captured.out and "PASS" in captured.out
+    assert "tuesday/golden/golden.json: no golden outputs" in captured.err
+    assert "2 sessions: 1 passed, 0 failed a check, 1 bad input" in captured.out
+    assert (tmp_path / "out" / "monday" / "manifest.json").is_file()
