@@ -336,6 +336,8 @@ class Session:
                                          f"{SESSION_FILE} says {self.size[1]}x{self.size[0]}")
                 for decoded in source:
                     if count == len(self.frames):
+                        if not self.closed:  # killed between writing a frame and its line: that frame is lost
+                            break
                         raise RecordingError(f"{self.video}: holds more frames than the {len(self.frames)} "
                                              f"listed in {EVENTS_FILE}")
                     record = self.frames[count]
