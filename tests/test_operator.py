@@ -27,11 +27,14 @@ def truth(session) -> list[np.ndarray]:
 
 
 def _run(session: Path, commands: dict[int, list[OperatorCommand]], last: int, *, stage: bool = True,
-         prompt: InitialPrompt | None = None) -> list:
-    """Process frames 0..last, queueing `commands[i]` just before frame i; returns the FrameResults."""
+         prompt: InitialPrompt | None = None, pipeline_out: list | None = None) -> list:
+    """Process frames 0..last, queueing `commands[i]` just before frame i; returns the FrameResults
+    (and appends the pipeline to `pipeline_out` when given)."""
     config = load_config("default", {"backend": "graphcut", "stage.enabled": stage})
     pipeline = build_pipeline(config)
     pipeline.prompt = prompt
+    if pipeline_out is not None:
+        pipeline_out.append(pipeline)
     results = []
     with ImageFolderSource(session, fps=15.0) as source:
         for frame in source:
@@ -129,7 +132,8 @@ def test_clicks_correct_a_mask_that_missed_half_the_product(session, truth):
 
     # No stage model: nothing but the operator can fix the half mask.
     without = _run(session, {}, last=24, stage=False, prompt=prompt)
-    corrected = _run(session, {click_at: [command]}, last=24, stage=False, prompt=prompt)
+    pipelines: list = []
+    corrected = _run(session, {click_at: [command]}, last=24, stage=False, prompt=prompt, pipeline_out=pipelines)
 
     def lower_half_recall(results):
         """Of the product's pixels below its box's middle, the fraction the masks hold (mean over frames)."""
@@ -148,3 +152,5 @@ def test_clicks_correct_a_mask_that_missed_half_the_product(session, truth):
     assert lower_half_recall(without) < 0.2
     assert lower_half_recall(corrected) > 0.6
     assert mean_iou(corrected) > mean_iou(without)
+    # The masks before the correction were wrong: the still comes from after it.
+    assert pipelines[0].product.pool.best().frame_index >= click_at

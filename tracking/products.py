@@ -245,6 +245,10 @@ class ProductPipeline:
         if keyframe.request.decision.keyframe:
             self.product.keyframes += 1
             self.product.keyframe_reasons[keyframe.request.decision.reason] += 1
+        frame, result = keyframe.request.frame, keyframe.result
+        if result.mask.any():
+            evidence = self.stage.log_odds(frame.image) if self.stage is not None and self.stage.ready else None
+            self._offer_live(frame, result.mask, self._score(frame, result.mask, result, evidence), evidence)
         return True
 
     # -- operator ----------------------------------------------------------------------------------------
@@ -285,7 +289,9 @@ class ProductPipeline:
 
     def _operator_prompt(self, operator: dict, tracked: dict) -> dict:
         """The prompt for a product on stage when the operator prompted: a drawn box starts the mask over
-        (no carried-forward prior); clicks keep the tracked box, grown to hold every positive click."""
+        (no carried-forward prior); clicks keep the tracked box, grown to hold every positive click. Still
+        candidates from before are dropped: the operator has just said those masks were wrong."""
+        self.product.pool = CandidatePool(self.options.products.candidates)
         if operator["box"] is not None:
             self.masks.reset()
             return {"box": operator["box"], "points": operator["points"], "point_labels": operator["point_labels"]}
@@ -406,7 +412,7 @@ class ProductPipeline:
             new_track=bool(prompt.get("new_track")) and not initial, rekey=bool(prompt.get("rekey")) and not initial,
         )
         mask, alpha, still_frame = result.mask, None, frame
-        # Live streams matte only a new best still (the one exported): matting costs more than a frame's budget.
+        # Live streams show carried masks but take stills only from decoded ones (`install_keyframe`).
         live = self.masks.defer_keyframes
         if evidence is not None and mask.any() and not live:
             mask, alpha, still_frame = self._matte(frame, mask, evidence)
@@ -426,23 +432,37 @@ class ProductPipeline:
         if not self._detecting:
             # No detector: the mask's own box keeps the product's track (and id) alive.
             self.boxes.update(sv.Detections(xyxy=box[None], confidence=np.ones(1, np.float32)), frame.timestamp)
-        still = score_still(frame.image, mask, confidence=result.score, stability=result.stability,
-                            prior_agreement=result.agreement,
-                            evidence_agreement=None if evidence is None else mask_iou(mask, evidence > 0),
-                            weights=self.options.stills)
-        best = product.pool.best()
-        if live and evidence is not None and (best is None or still.total > best.score.total) \
-                and product.pool.would_keep(frame.index, still):
-            matted, alpha, still_frame = self._matte(frame, mask, evidence)
-            product.pool.offer(still_frame, matted, still, alpha=alpha)
-        else:
-            product.pool.offer(still_frame, mask, still, alpha=alpha)
+        still = None
+        if not live or result.keyframe:
+            still = self._score(frame, mask, result, evidence)
+            if live:
+                self._offer_live(frame, mask, still, evidence)
+            else:
+                product.pool.offer(still_frame, mask, still, alpha=alpha)
         detections = sv.Detections(
             xyxy=box[None], mask=mask[None], confidence=np.array([result.score], np.float32),
             tracker_id=np.array([product.number]),
             data={"keyframe": np.array([result.keyframe]), "reason": np.array([result.reason])},
         )
         return FrameResult(frame, detections, alpha=alpha, mask_result=result, still=still, events=events)
+
+    def _score(self, frame: Frame, mask: np.ndarray, result: MaskResult, evidence: np.ndarray | None) -> StillScore:
+        return score_still(frame.image, mask, confidence=result.score, stability=result.stability,
+                           prior_agreement=result.agreement,
+                           evidence_agreement=None if evidence is None else mask_iou(mask, evidence > 0),
+                           weights=self.options.stills)
+
+    def _offer_live(self, frame: Frame, mask: np.ndarray, still: StillScore, evidence: np.ndarray | None) -> None:
+        """Offer a live still candidate, matted only when it is a new best: matting costs more than a frame's
+        budget, and only the best is exported."""
+        pool = self.product.pool
+        best = pool.best()
+        if evidence is None or not (best is None or still.total > best.score.total) \
+                or not pool.would_keep(frame.index, still):
+            pool.offer(frame, mask, still)
+            return
+        matted, alpha, still_frame = self._matte(frame, mask, evidence)
+        pool.offer(still_frame, matted, still, alpha=alpha)
 
     def _matte(self, frame: Frame, mask: np.ndarray, evidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, Frame]:
         """The stage model's matte: (refined mask, soft alpha, the frame with decontaminated edge colour)."""
