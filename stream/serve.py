@@ -21,9 +21,10 @@ ones are dropped and counted. The preview track re-sends the newest annotated im
 HTTP: GET / (the page), POST /offer (SDP offer JSON -> answer), GET /sessions/{id}/gallery (the stills
 exported so far), GET /sessions/{id}/files/{path} (only files inside that session's folder). The server
 binds 127.0.0.1 by default; any other address needs a token, which every request must then carry
-(`?token=` or the `X-Turncrop-Token` header). A peer that leaves, fails, or sends no frame for
-`serve.idle_timeout` seconds ends its session: the product on stage is finished and exported. With
-`--record DIR` each session is also recorded into `DIR/<session id>/` for `turncrop replay`.
+(`?token=` or the `X-Turncrop-Token` header; a cookie then carries it for relative links, such as a spin
+set viewer's images). A peer that leaves, fails, or sends no frame for `serve.idle_timeout` seconds ends
+its session: the product on stage is finished and exported. With `--record DIR` each session is also
+recorded into `DIR/<session id>/` for `turncrop replay`.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 
 WEB = Path(__file__).with_name("web")
 TOKEN_HEADER = "X-Turncrop-Token"
+TOKEN_COOKIE = "turncrop_token"
 SESSION_ID = "[0-9a-f]{32}"
 
 SegmenterFactory = Callable[[], Segmenter]
@@ -377,9 +379,13 @@ class Session:
         self.send({"type": "command_queued", "command": command.as_dict()})
 
     def send(self, message: dict) -> None:
+        """Send to the page if its channel is open; a channel closing meanwhile is not the pipeline's problem."""
         channel = self.channel
         if channel is not None and channel.readyState == "open":
-            channel.send(json.dumps(message))
+            try:
+                channel.send(json.dumps(message))
+            except Exception as exc:  # e.g. InvalidStateError: the peer closed it just now
+                log.info("session %s: could not send %s (%s)", self.id, message.get("type"), exc)
 
     # -- the end
 
@@ -411,9 +417,11 @@ def gallery_entry(session: Session, entry: dict) -> dict:
     """A product of the manifest with the URLs the page needs (relative to the page)."""
     files = {name: f"{session.url}/files/{name}" for name in entry["files"]}
     jpg = next((url for name, url in files.items() if name.endswith(".jpg")), None)
+    spin = entry.get("spin") or {}
     return {"product_id": entry["product_id"], "status": entry["status"], "session": session.id,
             "frame_index": entry.get("frame_index"), "score": entry.get("score"), "reason": entry.get("reason"),
-            "thumbnail_url": jpg if entry["status"] == "ok" else None, "files": files}
+            "thumbnail_url": jpg if entry["status"] == "ok" else None, "files": files,
+            "spin_url": f"{session.url}/files/{spin['folder']}/index.html" if spin.get("status") == "ok" else None}
 
 
 # -- HTTP -------------------------------------------------------------------------------------------------
@@ -455,10 +463,15 @@ def _token_middleware(token: str):
 
     @web.middleware
     async def require_token(request: web.Request, handler):
-        given = request.query.get("token") or request.headers.get(TOKEN_HEADER) or ""
+        given = (request.query.get("token") or request.headers.get(TOKEN_HEADER)
+                 or request.cookies.get(TOKEN_COOKIE) or "")
         if not hmac.compare_digest(given.encode(), expected):
             raise web.HTTPUnauthorized(text=f"missing or wrong token: add ?token=... or the {TOKEN_HEADER} header\n")
-        return await handler(request)
+        response = await handler(request)
+        if request.cookies.get(TOKEN_COOKIE) != token:
+            # Pages the server did not write (a spin set's viewer) load their images by plain relative URLs.
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
+        return response
 
     return require_token
 

@@ -17,7 +17,8 @@ from turncrop.stream.live import PushSource
 from turncrop.stream.serve import STATE, check_bind, create_app, parse_command
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.products import ProductPipeline
-from webrtc_helpers import Client, TurntableCamera, loopback_ice, offer_sdp, out_files, overlay_contrast, serving
+from webrtc_helpers import (PRODUCT_FRAMES, Client, TurntableCamera, loopback_ice, offer_sdp, out_files,
+                            overlay_contrast, serving)
 
 
 def _config(**overrides):
@@ -34,7 +35,7 @@ def test_aiortc_client_session_end_to_end(tmp_path):
     """Frames in, annotated preview and events back, a bad message answered, next product -> still + gallery."""
 
     async def scenario():
-        app = create_app(tmp_path, _config())
+        app = create_app(tmp_path, _config(**{"spin.views": 8}))
         camera = TurntableCamera("empty")
         async with serving(app) as base, ClientSession() as http:
             client = Client(base, camera)
@@ -59,8 +60,13 @@ def test_aiortc_client_session_end_to_end(tmp_path):
             preview = client.previews[-1]
             inside, outside = overlay_contrast(preview, stats["box"])
 
+            turned = camera.sent
+            await client.wait_for("two turns of the product",
+                                  lambda: camera.sent > turned + 2 * len(PRODUCT_FRAMES), 20)
             client.send({"type": "next_product"})
             still = await client.wait_for("still_exported", lambda: client.of_type("still_exported"), 20)
+            async with http.get(base + still[0]["spin_url"]) as response:
+                spin_viewer = response.status, await response.text()
             async with http.get(base + still[0]["thumbnail_url"]) as response:
                 assert response.status == 200
                 thumbnail = await response.read()
@@ -69,9 +75,9 @@ def test_aiortc_client_session_end_to_end(tmp_path):
             camera.scene = "empty"
             await client.close()
             await asyncio.wait_for(session.closed.wait(), 15)
-            return client, stats, preview, (inside, outside), still[0], thumbnail, gallery, session
+            return client, stats, preview, (inside, outside), still[0], thumbnail, gallery, session, spin_viewer
 
-    client, stats, preview, (inside, outside), still, thumbnail, gallery, session = asyncio.run(scenario())
+    client, stats, preview, (inside, outside), still, thumbnail, gallery, session, spin_viewer = asyncio.run(scenario())
     assert stats["frame_size"] == [320, 240] and stats["frames_in"] >= stats["frames_processed"] > 0
     assert preview.shape == (240, 320, 3)
     # The mask overlay: the preview departs from the camera image where the product is, not elsewhere.
@@ -85,6 +91,7 @@ def test_aiortc_client_session_end_to_end(tmp_path):
     assert still["product_id"] == "product-001" and still["status"] == "ok"
     assert thumbnail[:2] == b"\xff\xd8"  # a JPEG
     assert [g["product_id"] for g in gallery] == ["product-001"]
+    assert spin_viewer[0] == 200 and "<html" in spin_viewer[1].lower()  # the 360° set, linked from the gallery
     folder = tmp_path / client.session
     assert {"product-001.png", "product-001.jpg", "product-001.json", "manifest.json"} <= out_files(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -143,8 +150,7 @@ def test_vanished_peer_has_its_product_finished(tmp_path):
             await client.wait_for("empty frames processed",
                                   lambda: any(m["frames_processed"] >= 6 for m in client.of_type("stats")), 30)
             camera.scene = "product"
-            await client.wait_for("several frames of the product",
-                                  lambda: [m for m in client.of_type("stats") if m["mask_area"] > 500][3:], 30)
+            await client.wait_for("several frames of the product", lambda: len(client.masked_frames()) >= 6, 30)
             # Vanish: the client's sockets go away without DTLS/SCTP goodbyes (a crashed or unplugged peer).
             for transceiver in client.pc.getTransceivers():
                 connection = transceiver.receiver.transport.transport._connection
@@ -180,8 +186,8 @@ def test_two_sessions_at_once_are_isolated_and_recorded(tmp_path):
             for camera in cameras:
                 camera.scene = "product"
             for client in clients:
-                await client.wait_for("a mask", lambda c=client: [m for m in c.of_type("stats")
-                                                                   if m["mask_area"] > 500], 30)
+                await client.wait_for("several frames of the product", lambda c=client: len(c.masked_frames()) >= 6,
+                                      30)
             a.send({"type": "next_product"})
             await a.wait_for("A's still", lambda: a.of_type("still_exported"), 20)
             b_ended_meanwhile = b.of_type("product_ended")
@@ -308,19 +314,27 @@ def test_token_is_required_off_loopback_and_checked_on_every_request(tmp_path, c
     async def scenario():
         app = create_app(tmp_path, _config(), token="s3cret")
         async with serving(app) as base, ClientSession() as http:
-            statuses = {}
+            statuses, cookies = {}, {}
             for name, url, headers in [
                 ("none", base, {}), ("wrong", base + "?token=guess", {}), ("query", base + "?token=s3cret", {}),
                 ("header", base, {"X-Turncrop-Token": "s3cret"}), ("script", base + "app.js?token=s3cret", {}),
                 ("offer without", base + "offer", {}),
+                # The cookie the server set carries the token for relative links (a spin viewer's images).
+                ("cookie", base + "app.js", {"Cookie": "turncrop_token=s3cret"}),
+                ("wrong cookie", base + "app.js", {"Cookie": "turncrop_token=guess"}),
             ]:
                 method = http.post if name.startswith("offer") else http.get
                 async with method(url, headers=headers) as response:
                     statuses[name] = response.status
-        return statuses
+                    cookies[name] = response.cookies.get("turncrop_token")
+        return statuses, cookies
 
-    assert asyncio.run(scenario()) == {"none": 401, "wrong": 401, "query": 200, "header": 200, "script": 200,
-                                       "offer without": 401}
+    statuses, cookies = asyncio.run(scenario())
+    assert statuses == {"none": 401, "wrong": 401, "query": 200, "header": 200, "script": 200, "offer without": 401,
+                        "cookie": 200, "wrong cookie": 401}
+    cookie = cookies["query"]
+    assert cookie.value == "s3cret" and cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert cookies["wrong"] is None and cookies["cookie"] is None  # set only for a proven token, once
 
 
 def test_push_source_keeps_the_newest_converts_only_what_is_read_and_ends_on_close():

@@ -132,6 +132,10 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
             seen["first_stats"] = await page.evaluate("window.turncrop.stats")
             await until("product_started", "() => window.turncrop.events.some(e => e.type === 'product_started')")
             await until("a mask", "() => window.turncrop.stats && window.turncrop.stats.mask_area > 500")
+            # A product seen in fewer than products.min_frames processed frames would be a transient (no still).
+            processed = await page.evaluate("window.turncrop.stats.frames_processed")
+            await until("more frames of the product", f"() => window.turncrop.stats.frames_processed >= {processed} + 8"
+                        " && window.turncrop.stats.mask_area > 500")
             session = app[STATE].sessions[await page.evaluate("window.turncrop.session")]
             seen["ice"] = _nominated_addresses(session)
             seen["playing"] = await page.evaluate("""async () => {
@@ -185,6 +189,8 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
             await until("product-002's mask", "() => window.turncrop.stats.product_id === 'product-002' "
                         "&& window.turncrop.stats.mask_area > 500")
             seen["area_after_click"] = await page.evaluate("window.turncrop.stats.mask_area")
+            processed = await page.evaluate("window.turncrop.stats.frames_processed")
+            await until("more frames of product-002", f"() => window.turncrop.stats.frames_processed >= {processed} + 8")
             # A shift-click, a drag and the Re-key button reach the pipeline too.
             await page.keyboard.down("Shift")
             await page.mouse.click(*await on_preview(5, 5))

@@ -135,6 +135,11 @@ class Client:
     def of_type(self, kind: str) -> list[dict]:
         return [m for m in self.messages if m["type"] == kind]
 
+    def masked_frames(self) -> set[int]:
+        """Indices of processed frames that the stats messages reported with a product mask (a sample of
+        them: stats come at their own pace). Six or more mean the product is no transient."""
+        return {m["frame_index"] for m in self.of_type("stats") if m["mask_area"] > 500}
+
     async def wait_for(self, what: str, predicate: Callable[[], object], timeout: float) -> object:
         deadline = time.monotonic() + timeout
         while True:

@@ -116,6 +116,13 @@ async function refreshGallery() {
       link.textContent = name;
       card.append(link, document.createElement("br"));
     }
+    if (entry.spin_url) {
+      const spin = document.createElement("a");
+      spin.href = withToken(entry.spin_url);
+      spin.target = "_blank";
+      spin.textContent = "360° spin";
+      card.append(spin);
+    }
     gallery.append(card);
   }
 }
