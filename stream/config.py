@@ -122,12 +122,15 @@ class ServeOptions:
     stats_every: seconds between statistics messages on a session's data channel.
     idle_timeout: seconds without a camera frame after which a peer counts as gone (its session ends and
       the product on stage is exported).
+    max_sessions: browser sessions running at once (each has its own pipeline and encoder process); an
+      offer beyond them is refused with 503 until one ends.
     """
 
     preview_max_side: int = 640
     max_body_bytes: int = 65536
     stats_every: float = 1.0
     idle_timeout: float = 10.0
+    max_sessions: int = 4
 
     def __post_init__(self) -> None:
         if not 64 <= self.preview_max_side <= 4096:
@@ -138,6 +141,8 @@ class ServeOptions:
             raise ValueError(f"stats_every must be in [0.05, 60] s, got {self.stats_every}")
         if not 0.5 <= self.idle_timeout <= 3600.0:
             raise ValueError(f"idle_timeout must be in [0.5, 3600] s, got {self.idle_timeout}")
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
 
 
 @dataclass(frozen=True)

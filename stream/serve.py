@@ -212,7 +212,8 @@ class Session:
         self.error: str | None = None
         self.closed = asyncio.Event()
         self._run: asyncio.Task | None = None
-        self._receiving: list[asyncio.Task] = []
+        self._camera: MediaStreamTrack | None = None
+        self._tasks: list[asyncio.Task] = []  # receiving media, waiting for it; cancelled on close
         self._closing: asyncio.Task | None = None
         self._announced = 0  # products of the sink already announced as still_exported
         self._latest: dict[str, Any] = {}  # the newest processed frame's figures, for the stats messages
@@ -226,13 +227,24 @@ class Session:
 
     # -- media in
 
+    def expect_frames(self) -> None:
+        """End the session if no camera frame arrives within `serve.idle_timeout` (a peer that never
+        connects, or offers no camera to send, must not hold a session slot)."""
+        async def watch() -> None:
+            await asyncio.sleep(self.config.serve.idle_timeout)
+            if self.source is None:
+                self.close(f"no camera frame within {self.config.serve.idle_timeout:g} s of the answer")
+
+        self._tasks.append(asyncio.ensure_future(watch()))
+
     def receive(self, track: MediaStreamTrack) -> None:
-        if track.kind != "video" or self._receiving:
+        if track.kind != "video" or self._camera is not None:
             blackhole = MediaBlackhole()  # audio, or a second camera: consumed and ignored
             blackhole.addTrack(track)
-            self._receiving.append(asyncio.ensure_future(blackhole.start()))
+            self._tasks.append(asyncio.ensure_future(blackhole.start()))
             return
-        self._receiving.append(asyncio.ensure_future(self._receive(track)))
+        self._camera = track
+        self._tasks.append(asyncio.ensure_future(self._receive(track)))
 
     async def _receive(self, track: MediaStreamTrack) -> None:
         """The camera's frames into the push source (only conversion here, no model work)."""
@@ -402,7 +414,7 @@ class Session:
         if self._run is not None:
             await asyncio.gather(self._run, return_exceptions=True)
         current = asyncio.current_task()
-        for task in self._receiving:
+        for task in self._tasks:
             if task is not current:
                 task.cancel()
         if self._drawing is not None:
@@ -504,6 +516,10 @@ async def _offer(request: web.Request) -> web.Response:
         return _bad('expected {"sdp": "<SDP text>", "type": "offer"}')
     if "\nm=video " not in params["sdp"].replace("\r\n", "\n"):
         return _bad("the offer has no video section: send the camera track")
+    running = sum(not s.closed.is_set() for s in state.sessions.values())
+    if running >= state.config.serve.max_sessions:
+        return web.json_response({"error": f"{running} sessions are running, the most this server takes "
+                                           "(serve.max_sessions): try again when one has ended"}, status=503)
 
     session_id = uuid.uuid4().hex
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -529,6 +545,7 @@ async def _offer(request: web.Request) -> web.Response:
         await pc.close()
         return _bad(f"cannot use this SDP offer: {type(exc).__name__}: {exc}")
     state.sessions[session_id] = session
+    session.expect_frames()
     log.info("session %s: started", session_id)
     return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
                               "session": session_id})

@@ -258,6 +258,24 @@ def test_garbage_and_oversized_offers_get_400_and_the_server_goes_on(tmp_path):
     assert status == 200 and body["type"] == "answer" and "m=video" in body["sdp"] and len(body["session"]) == 32
 
 
+def test_sessions_beyond_the_limit_are_refused_until_one_ends(tmp_path):
+    async def scenario():
+        app = create_app(tmp_path, _config(**{"serve.max_sessions": 1, "serve.idle_timeout": 0.5}))
+        offer = json.dumps({"sdp": await offer_sdp(), "type": "offer"}).encode()
+        no_camera = json.dumps({"sdp": await offer_sdp(camera=False), "type": "offer"}).encode()
+        async with serving(app) as base, ClientSession() as http:
+            first = await _post(http, base + "offer", no_camera)
+            second = await _post(http, base + "offer", offer)
+            # The first peer sends no camera (and never connects): its session ends after idle_timeout.
+            await asyncio.wait_for(app[STATE].sessions[first[1]["session"]].closed.wait(), 10)
+            third = await _post(http, base + "offer", offer)
+        return first, second, third
+
+    first, second, third = asyncio.run(scenario())
+    assert first[0] == 200 and third[0] == 200
+    assert second[0] == 503 and "serve.max_sessions" in second[1]["error"]
+
+
 def test_gallery_files_outside_the_session_folder_are_refused(tmp_path):
     out = tmp_path / "out"
     secret = tmp_path / "secret.txt"

@@ -157,10 +157,14 @@ class Client:
         await self.pc.close()
 
 
-async def offer_sdp() -> str:
-    """A real browser-like SDP offer with a video track (gathered on loopback; nothing is connected)."""
+async def offer_sdp(camera: bool = True) -> str:
+    """A real browser-like SDP offer with a video track, or only asking for video back (`camera=False`);
+    gathered on loopback, nothing is connected."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTrack(VideoStreamTrack())
+    if camera:
+        pc.addTrack(VideoStreamTrack())
+    else:
+        pc.addTransceiver("video", direction="recvonly")
     pc.createDataChannel("control")
     await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp
