@@ -69,6 +69,8 @@ NETNS_ENV = "TURNCROP_TEST_NETNS"  # set inside the test's own network namespace
 
 
 def _private_network_available() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
     try:
         return subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
@@ -215,6 +217,7 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
         seen = asyncio.run(scenario())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        y4m.unlink()  # ~70 MB
     assert seen["errors"] == []
     # The session's pipeline was up while the stage was still empty (it learns the stage from those frames).
     assert seen["first_stats"]["product_id"] is None, seen["first_stats"]
