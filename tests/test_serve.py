@@ -12,7 +12,7 @@ from aiohttp import ClientSession
 from yarl import URL
 
 from turncrop.stream.cli import main
-from turncrop.stream.config import load_config
+from turncrop.stream.config import ConfigError, load_config
 from turncrop.stream.live import PushSource
 from turncrop.stream.serve import STATE, check_bind, create_app, parse_command
 from turncrop.tracking.frame import Frame
@@ -399,3 +399,14 @@ def test_page_messages_become_operator_commands():
     ]:
         with pytest.raises(ValueError, match=error):
             parse_command(message, size)
+
+
+def test_serve_settings_are_validated():
+    assert load_config("default").serve.max_sessions == 4
+    for key, value, error in [("serve.max_sessions", 0, "max_sessions must be >= 1"),
+                              ("serve.preview_max_side", 10, "preview_max_side must be in"),
+                              ("serve.idle_timeout", 0.1, "idle_timeout must be in"),
+                              ("serve.max_body_bytes", 10, "max_body_bytes must be in"),
+                              ("serve.listen", 1, "unknown key serve.listen")]:
+        with pytest.raises(ConfigError, match=error):
+            load_config("default", {key: value})
