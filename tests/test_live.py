@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -18,13 +17,13 @@ from turncrop.stream.cli import main
 from turncrop.stream.config import load_config
 from turncrop.stream.live import LatestFrame, run_live
 from turncrop.stream.live_sources import CameraSource, MonotonicClock, RealtimeSource
-from turncrop.stream.sources import FrameSource, ImageFolderSource, SourceError, open_source
+from turncrop.stream.sources import FrameSource, ImageFolderSource, SourceError
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
 from turncrop.tracking.masktrack import MaskTracker
 from turncrop.tracking.propagation import FlowPropagator
 
-from data_paths import SAMPLE, write_short_session
+from data_paths import write_short_session
 
 FPS = 15.0  # every 2nd frame of the 30 fps recording
 
