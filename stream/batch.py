@@ -32,6 +32,7 @@ import signal
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -520,16 +521,24 @@ def _init_worker(threads: int, queue: Any) -> None:
 
 
 def _local_job(job: Job, index: int) -> JobResult:
+    _queue.put(("start", index, 0))
     return process(job, on_frames=lambda n: _queue.put(("frames", index, n)))
 
 
 def _run_local(jobs: list[Job], todo: list[int], workers: int | None,
                on_frames: Callable[[int, int], None]) -> Iterator[tuple[int, JobResult]]:
+    """Run `todo` on a pool of spawned processes; yields (index, result) as jobs finish.
+
+    A worker killed from outside (the OS out of memory) breaks the whole pool: the jobs it did not start
+    go to a fresh pool, and the ones it was running too, once; a job that was running when a pool broke
+    a second time is failed, so a recording that kills its worker cannot stop the batch.
+    """
     cores = len(os.sched_getaffinity(0))
-    workers = min(workers or cores, len(todo))
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     pids: set[int] = set()
+    started: set[int] = set()
+    breaks: dict[int, int] = {}
 
     def drain() -> None:
         while True:
@@ -539,34 +548,53 @@ def _run_local(jobs: list[Job], todo: list[int], workers: int | None,
                 return
             if what == "pid":
                 pids.add(a)
+            elif what == "start":
+                started.add(a)
             else:
                 on_frames(a, b)
 
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(max(1, cores // workers), queue))
-    try:
-        futures = {pool.submit(_local_job, jobs[i], i): i for i in todo}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+    while todo:
+        n = min(workers or cores, len(todo))
+        pool = ProcessPoolExecutor(n, mp_context=context, initializer=_init_worker,
+                                   initargs=(max(1, cores // n), queue))
+        retry: list[int] = []
+        try:
+            futures = {pool.submit(_local_job, jobs[i], i): i for i in todo}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                drain()
+                for future in sorted(finished, key=futures.get):
+                    index = futures[future]
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        if index in started:
+                            breaks[index] = breaks.get(index, 0) + 1
+                        if breaks.get(index, 0) < 2:
+                            retry.append(index)
+                            continue
+                        result = _failed(jobs[index], "its worker process died twice while running it (killed "
+                                                      "from outside, e.g. by the OS when out of memory)")
+                    except Exception as exc:  # noqa: BLE001 - a result that could not come back, say
+                        result = _failed(jobs[index], f"worker failed: {type(exc).__name__}: {exc}")
+                    yield index, result
+        except BaseException:
             drain()
-            for future in finished:
-                index = futures[future]
-                try:
-                    result = future.result()
-                except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS: that input failed
-                    job = jobs[index]
-                    result = JobResult(str(job.input.path), job.input.kind, job.key, job.out.name, "failed",
-                                       error=f"worker failed: {type(exc).__name__}: {exc}")
-                yield index, result
-    except BaseException:
-        drain()
-        for pid in pids:  # stop running jobs now; their hidden folders are removed by the caller
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+            for pid in pids:  # stop running jobs now; their hidden folders are removed by the caller
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if retry:  # every worker of the broken pool is gone: what they left can go
+            clean_partial(jobs[retry[0]].out.parent)
+            log.warning("a worker process died; running %d inputs again in a new pool", len(retry))
+        todo, pids, started = sorted(retry), set(), set()
+
+
+def _failed(job: Job, error: str) -> JobResult:
+    return JobResult(str(job.input.path), job.input.kind, job.key, job.out.name, "failed", error=error)
 
 
 # -- Ray -----------------------------------------------------------------------------------------------------
@@ -616,9 +644,7 @@ def _run_ray(jobs: list[Job], todo: list[int], workers: int | None, on_frames: C
                 try:
                     result = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a task lost with its node or worker: that input failed
-                    job = jobs[index]
-                    result = JobResult(str(job.input.path), job.input.kind, job.key, job.out.name, "failed",
-                                       error=f"ray task failed: {type(exc).__name__}: {exc}")
+                    result = _failed(jobs[index], f"ray task failed: {type(exc).__name__}: {exc}")
                 yield index, result
     except BaseException:
         for ref in refs:

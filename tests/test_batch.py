@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -318,6 +320,37 @@ def test_interrupted_batch_leaves_no_partial_output_and_rerun_completes(inputs, 
     report = run_batch([inputs["captures"]], out, config, workers=2)
     assert sorted(r.status for r in report.results) == sorted(["skipped"] * len(left) + ["done"] * (3 - len(left)))
     assert all(read_done(out / r.out)["key"] == r.key for r in report.results)
+
+
+def test_a_worker_killed_mid_job_is_retried_once_then_failed_and_the_others_complete(inputs, config, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_the_worker_of_each_new_job(times: int) -> None:  # as the OS does to a process out of memory
+        seen: set[str] = set()
+        while not stop.is_set():
+            started = {p.name for p in out.iterdir() if ".tmp-" in p.name} - seen
+            seen |= started
+            if started and len(killed) < times:
+                for child in multiprocessing.active_children():
+                    os.kill(child.pid, signal.SIGKILL)
+                    killed.append(child.pid)
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_the_worker_of_each_new_job, args=(2,))
+    killer.start()
+    try:
+        report = run_batch([inputs["a"], inputs["b"]], out, config, workers=1)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 2
+    a, b = report.results
+    assert a.status == "failed" and "died twice" in a.error, (a, b)
+    assert b.status == "done" and read_done(out / b.out)["key"] == b.key
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [b.out], "no partial folder is left"
 
 
 def test_second_batch_on_the_same_output_is_refused(inputs, config, tmp_path):
