@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "on local processes or a Ray cluster; re-runs skip what is done")
     b.add_argument("inputs", nargs="+", help="recordings, video files, image folders, or folders holding them")
     b.add_argument("--out", required=True, type=Path, help="output folder: one folder per input + batch.json")
-    b.add_argument("--ray", nargs="?", const="auto", metavar="auto|ADDRESS",
+    b.add_argument("--ray", metavar="auto|ADDRESS",
                    help="run on a Ray cluster (auto: the one this machine belongs to, else a local one)")
     b.add_argument("--workers", type=int, metavar="N", help="inputs at a time (default: cores, or the cluster's CPUs)")
     b.add_argument("--encoders", type=int, metavar="N",
