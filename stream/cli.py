@@ -235,19 +235,26 @@ def _run(args: argparse.Namespace, config) -> int:
     return 0
 
 
-def _live(args: argparse.Namespace, config) -> int:
-    from turncrop.stream.live import run_live
+def _camera_or_file(args: argparse.Namespace, command: str, *, realtime_only: bool):
+    """The source of `live` / `record`: `--camera DEV|INDEX`, or a SOURCE file paced with `--realtime`."""
     from turncrop.stream.live_sources import CameraSource, MonotonicClock, RealtimeSource
     from turncrop.stream.sources import open_source
 
     if (args.camera is None) == (args.source is None):
-        raise ValueError("live needs either --camera DEV|INDEX or a SOURCE file with --realtime")
+        raise ValueError(f"{command} needs either --camera DEV|INDEX or a SOURCE file"
+                         f"{' with --realtime' if realtime_only else ' or folder'}")
     if args.camera is not None:
-        source = CameraSource(int(args.camera) if args.camera.isdigit() else args.camera)
-    elif not args.realtime:
+        return CameraSource(int(args.camera) if args.camera.isdigit() else args.camera)
+    if realtime_only and not args.realtime:
         raise ValueError("a recording runs live only as a simulated camera: add --realtime")
-    else:
-        source = RealtimeSource(open_source(args.source), MonotonicClock(args.speed))
+    source = open_source(args.source)
+    return RealtimeSource(source, MonotonicClock(args.speed)) if args.realtime else source
+
+
+def _live(args: argparse.Namespace, config) -> int:
+    from turncrop.stream.live import run_live
+
+    source = _camera_or_file(args, "live", realtime_only=True)
 
     def on_stats(stats) -> None:
         if not args.quiet:
@@ -318,18 +325,9 @@ def _record(args: argparse.Namespace, config) -> int:
     import signal
     import time
 
-    from turncrop.stream.live_sources import CameraSource, MonotonicClock, RealtimeSource
     from turncrop.stream.recording import SessionRecorder
-    from turncrop.stream.sources import open_source
 
-    if (args.camera is None) == (args.source is None):
-        raise ValueError("record needs either --camera DEV|INDEX or a SOURCE file or folder")
-    if args.camera is not None:
-        source = CameraSource(int(args.camera) if args.camera.isdigit() else args.camera)
-    else:
-        source = open_source(args.source)
-        if args.realtime:
-            source = RealtimeSource(source, MonotonicClock(args.speed))
+    source = _camera_or_file(args, "record", realtime_only=False)
 
     def stop(signum, frame) -> None:
         raise KeyboardInterrupt
