@@ -385,7 +385,11 @@ def local_ray():
 
 def test_ray_batch_equals_one_by_one_and_a_rerun_does_no_work(local_ray, inputs, config, one_by_one, tmp_path):
     out = tmp_path / "out"
-    report = run_batch([inputs["captures"], inputs["broken"]], out, config, workers=2, ray_address="auto")
+    seen = []
+    report = run_batch([inputs["captures"], inputs["broken"]], out, config, workers=2, ray_address="auto",
+                       on_progress=lambda p: seen.append((p.finished, p.failed, p.frames)))
+    assert seen[-1] == (4, 1, 96)
+    assert any(b[0] == a[0] and b[2] > a[2] for a, b in zip(seen, seen[1:])), "frames were counted while tasks ran"
     results = _by_input(report)
     assert results[str(inputs["broken"].resolve())].status == "failed"
     for path, ref in one_by_one.items():
