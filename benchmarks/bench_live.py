@@ -2,8 +2,9 @@
 
 The bundled session is upscaled to 1280x720 and looped (with continuing timestamps) as a camera paced at
 30 fps. Per backend it reports output fps, added latency p50/p95 (slot arrival -> frame path done),
-keyframes per second (first + background), dropped frames and memory (peak RSS and RSS sampled every
-second; peak RSS is the process's so far: pass one backend per run for a clean figure). SAM backends use random-initialised checkpoints (only the cost is meaningful). Usage:
+keyframes per second (first + background), dropped frames and memory (RSS of this process and its
+encoder worker sampled every second; peak RSS is this process's alone: pass one backend per run for a
+clean figure). SAM backends use random-initialised checkpoints (only the cost is meaningful). Usage:
 
     python benchmarks/bench_live.py [--backends graphcut mobile_sam] [--seconds 10] [--out FILE]
 """
@@ -52,12 +53,18 @@ class LoopedCamera(FrameSource):
             yield Frame(self.images[i % len(self.images)], i, i / FPS, self.name)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def _rss_mb(pid: str = "self") -> float:
+    """Resident memory of a process and, recursively, its children (the encoder worker), in MB."""
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            total = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += _rss_mb(child)
+    except (OSError, StopIteration):
+        pass  # the process ended while being read
+    return total
 
 
 def bench(backend: str, seconds: float, tmp: Path) -> dict:
@@ -86,6 +93,9 @@ def bench(backend: str, seconds: float, tmp: Path) -> dict:
         "keyframes_per_s": round(keyframes / max(s["seconds"], 1e-9), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_mb_per_s": rss,
+        # Memory flat after warm-up: the total at 10 s against the total at the end.
+        "rss_mb_at_10s": rss[min(9, len(rss) - 1)] if rss else None,
+        "rss_mb_at_end": rss[-1] if rss else None,
         "products_exported": [p["product_id"] for p in report.summary.products if p["status"] == "ok"],
     }
 
@@ -101,11 +111,12 @@ def main() -> None:
         for backend in args.backends:
             rows.append(bench(backend, args.seconds, Path(tmp)))
     print(f"\n{'backend':<11} {'fps in':>7} {'fps out':>8} {'p50 ms':>8} {'p95 ms':>8} {'key/s':>6} "
-          f"{'bg keys':>8} {'refresh':>8} {'dropped':>8} {'peak RSS MB':>12}")
+          f"{'bg keys':>8} {'refresh':>8} {'dropped':>8} {'peak RSS MB':>12} {'RSS 10s->end MB':>16}")
     for r in rows:
         print(f"{r['backend']:<11} {r['fps_in']:7.1f} {r['fps_out']:8.2f} {r['latency_ms_p50'] or 0:8.0f} "
               f"{r['latency_ms_p95'] or 0:8.0f} {r['keyframes_per_s']:6.2f} {r['keyframes_encoded']:8d} "
-              f"{r['refreshes']:8d} {r['frames_dropped']:8d} {r['peak_rss_mb']:12.0f}")
+              f"{r['refreshes']:8d} {r['frames_dropped']:8d} {r['peak_rss_mb']:12.0f} "
+              f"{r['rss_mb_at_10s'] or 0:7.0f}->{r['rss_mb_at_end'] or 0:<7.0f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"size": list(SIZE), "fps": FPS, "seconds": args.seconds,

@@ -29,12 +29,13 @@ def build_segmenter(
     channels_last: bool = False,
     compile: bool = False,
     graphcut: GraphCutOptions | None = None,
+    device: str = "cpu",
 ) -> Segmenter:
     """Build the backend `name` (one of BACKENDS or "auto").
 
     SAM backends load `checkpoint`, or the official file from the cache, and raise `WeightsError` (with the
     `turncrop weights fetch NAME` command to run) when it is missing. precision / channels_last / compile
-    apply to SAM image encoders only; `graphcut` tunes the weight-free backend.
+    apply to SAM image encoders only, `device` to SAM models; `graphcut` tunes the weight-free backend.
     """
     backend = resolve_backend(name, checkpoint)
     if backend == "graphcut":
@@ -47,5 +48,5 @@ def build_segmenter(
     path = resolve_checkpoint(backend, checkpoint)
     return SamSegmenter.from_checkpoint(
         weight_spec(backend).arch, path, precision=precision, channels_last=channels_last, compile=compile,
-        name=backend,
+        name=backend, device=device,
     )

@@ -131,6 +131,23 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {got}")
 
 
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when torch sees a GPU, else the CPU; "cpu" / "cuda" / "cuda:N" as given, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch sees no CUDA GPU on this machine (use cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
 class SamSegmenter:
     """The Segmenter for SAM and MobileSAM models.
 
@@ -144,6 +161,8 @@ class SamSegmenter:
         more on 2 cores); if it fails, a RuntimeWarning is issued and the eager encoder is used from then on.
       num_threads: torch intra-op threads during encode/decode (default: the CPUs this process may use);
         the process-wide setting is restored after each call.
+      device: "cpu", "cuda" / "cuda:N", or "auto" (CUDA when torch sees one). Embeddings always hold their
+        features on the CPU, so they can be pickled to other processes and machines; decode moves them.
       name: the backend name; default from the architecture (mobile_sam, sam_vit_b, ...).
 
     Attributes:
@@ -162,6 +181,7 @@ class SamSegmenter:
         compile: bool = False,
         num_threads: int | None = None,
         name: str | None = None,
+        device: str = "cpu",
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -174,7 +194,8 @@ class SamSegmenter:
             if not hasattr(model, part):
                 raise TypeError(f"model must be a SAM / MobileSAM `Sam` module, it has no {part}")
 
-        self.model = model.eval()
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
         self.arch = detect_arch(model.state_dict(), f"model {type(model).__name__}")
         self.name = name or _NAME_OF_ARCH[self.arch]
         self.precision = precision
@@ -232,17 +253,17 @@ class SamSegmenter:
         start = time.perf_counter()
         resized = self._transform.apply_image(image)  # (h, w, 3) uint8, long side 1024, as SamPredictor
         input_size = (int(resized.shape[0]), int(resized.shape[1]))
-        x = torch.as_tensor(resized).permute(2, 0, 1)[None]
+        x = torch.as_tensor(resized).permute(2, 0, 1)[None].to(self.device)
         with _torch_threads(self.num_threads), torch.inference_mode():
             x = self.model.preprocess(x)  # normalise + pad to (1, 3, 1024, 1024) float32
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.precision == "bf16":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     features = self._run_encoder(x)
             else:
                 features = self._run_encoder(x)
-            features = features.float().contiguous()
+            features = features.float().contiguous().cpu()
         self.encode_calls += 1
         data = SamFeatures(features, input_size, (image.shape[0], image.shape[1]), self.arch)
         ms = (time.perf_counter() - start) * 1000.0
@@ -289,14 +310,18 @@ class SamSegmenter:
         size = (int(image.shape[0]), int(image.shape[1]))
         inputs = self._decoder_inputs(feats, prompt, size)
         pe = self.model.prompt_encoder
+
+        def here(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(self.device)
+
         with _torch_threads(self.num_threads), torch.inference_mode():
             sparse, dense = pe(
-                points=(inputs.points, inputs.point_labels) if inputs.had_points else None,
-                boxes=inputs.box,
-                masks=inputs.mask_input,
+                points=(here(inputs.points), here(inputs.point_labels)) if inputs.had_points else None,
+                boxes=here(inputs.box),
+                masks=here(inputs.mask_input),
             )
             low_res, iou = self.model.mask_decoder(
-                image_embeddings=feats.features,
+                image_embeddings=here(feats.features),
                 image_pe=pe.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
@@ -305,9 +330,9 @@ class SamSegmenter:
             logits = self.model.postprocess_masks(low_res, feats.input_size, size)[0]
         self.decode_calls += 1
         self.last_decoder_inputs = inputs
-        logits_np = logits.float().numpy()
+        logits_np = logits.float().cpu().numpy()
         return MaskSet(
             masks=logits_np > 0.0,
             logits=logits_np,
-            scores=np.clip(iou[0].float().numpy(), 0.0, 1.0),
+            scores=np.clip(iou[0].float().cpu().numpy(), 0.0, 1.0),
         )

@@ -7,6 +7,7 @@ file and the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,13 +35,18 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class EncoderOptions:
+    """SAM models only. device: auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N."""
+
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"encoder.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"encoder.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,8 @@ from typing import Any
 import numpy as np
 
 from turncrop.models.base import Embedding, MaskSet, Prompt, Segmenter
-from turncrop.models.registry import build_segmenter
 from turncrop.stream.config import Config
-
-
-def segmenter_for(config: Config) -> Segmenter:
-    """The backend `config` names, built with its encoder and graph-cut options."""
-    return build_segmenter(config.backend, checkpoint=config.checkpoint, precision=config.encoder.precision,
-                           channels_last=config.encoder.channels_last, compile=config.encoder.compile,
-                           graphcut=config.graphcut)
+from turncrop.stream.runner import segmenter_for
 
 
 class EncoderActor:

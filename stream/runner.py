@@ -60,6 +60,14 @@ class RunSummary:
         }
 
 
+def segmenter_for(config: Config) -> Segmenter:
+    """The backend `config` names, built with its encoder and graph-cut options."""
+    e = config.encoder
+    return build_segmenter(config.backend, checkpoint=config.checkpoint, precision=e.precision,
+                           channels_last=e.channels_last, compile=e.compile, graphcut=config.graphcut,
+                           device=e.device)
+
+
 def build_pipeline(config: Config, segmenter: Segmenter | None = None, frame_rate: float = 30.0, *,
                    defer_keyframes: bool = False) -> ProductPipeline:
     """The pipeline a config describes (the segmenter is built from it unless one is given).
@@ -67,11 +75,7 @@ def build_pipeline(config: Config, segmenter: Segmenter | None = None, frame_rat
     `defer_keyframes`: leave keyframe encodes to the caller (the live pipeline; see `ProductPipeline`).
     """
     if segmenter is None:
-        segmenter = build_segmenter(
-            config.backend, checkpoint=config.checkpoint, precision=config.encoder.precision,
-            channels_last=config.encoder.channels_last, compile=config.encoder.compile,
-            graphcut=config.graphcut,
-        )
+        segmenter = segmenter_for(config)
     return ProductPipeline(segmenter, config.pipeline_options(), prompt=initial_prompt(config),
                            detector=_detector(config), frame_rate=frame_rate, defer_keyframes=defer_keyframes)
 

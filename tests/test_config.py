@@ -268,6 +268,8 @@ def test_none_is_accepted_only_where_declared_optional():
         ({"prompt.frame": -1}, ["prompt", "frame"]),
         ({"prompt.detector_conf": 1.0}, ["prompt", "detector_conf"]),
         ({"encoder.precision": "fp16"}, ["encoder", "precision", "fp16"]),
+        ({"encoder.device": "tpu"}, ["encoder", "device", "tpu"]),
+        ({"live.working_size": 10}, ["live", "working_size"]),
         ({"backend": "sam_vit_x"}, ["backend", "sam_vit_x", "graphcut"]),
     ],
 )

@@ -324,3 +324,29 @@ def test_graphcut_builds_when_available(turncrop_cache):
     assert isinstance(built, graphcut.GraphCutSegmenter) and isinstance(built, Segmenter)
     options = graphcut.GraphCutOptions()
     assert build_segmenter("graphcut", graphcut=options).options is options
+
+
+# ---- device -------------------------------------------------------------------------------------------------
+
+
+def test_device_auto_is_the_cpu_without_a_gpu_and_embeddings_live_on_the_cpu(seg, emb_a):
+    from turncrop.models.sam import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert emb_a.data.features.device.type == "cpu"  # picklable to another process or machine
+    assert str(next(seg.model.parameters()).device) == "cpu"
+
+
+@pytest.mark.parametrize("name, problem", [("gpu", "auto, cpu, cuda"), ("cuda:x", "auto, cpu, cuda"),
+                                           ("meta", "auto, cpu, cuda")])
+def test_bad_device_names_are_refused(name, problem):
+    from turncrop.models.sam import resolve_device
+
+    with pytest.raises(ValueError, match=problem):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(vit_t_model):
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        SamSegmenter(vit_t_model, device="cuda")
