@@ -218,6 +218,20 @@ class SamSegmenter:
             except Exception as e:  # noqa: BLE001 - any compile failure must degrade, not crash
                 self._compile_failed(e)
 
+    def __getstate__(self) -> dict:
+        # Pickled to the live encoder process: a lock and a compiled module do not pickle; both are remade.
+        state = self.__dict__.copy()
+        del state["_compile_lock"], state["_encoder"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._compile_lock = threading.Lock()
+        self._encoder = self.model.image_encoder
+        if self.compile_status in ("pending", "on"):
+            self._encoder = torch.compile(self.model.image_encoder)
+            self.compile_status = "pending"
+
     @classmethod
     def from_checkpoint(cls, arch: str, checkpoint: str | Path, **options: Any) -> SamSegmenter:
         """Load an official-format checkpoint (plain state_dict) of `arch` and wrap it; see `__init__` options."""

@@ -13,8 +13,9 @@ Three single-worker pools keep the asyncio event loop free for scheduling, stati
            installed before the next frame (see `MaskTracker` for how masks are reconciled). A failed job
            is logged and the stream goes on by propagation until one succeeds.
 
-A product's first keyframe is encoded on the frame path (there is nothing to propagate from yet); frames
-arriving meanwhile are dropped by the slot. `stop()` (SIGINT/SIGTERM with `install_signal_handlers`, or
+With the empty-stage model a product's first keyframe is encoded in the background too (the stage's
+evidence is the mask until it arrives); without one it is encoded on the frame path, and frames arriving
+meanwhile are dropped by the slot. `stop()` (SIGINT/SIGTERM with `install_signal_handlers`, or
 the duration running out) ends the stream: the product on stage is finished and its files are written.
 """
 from __future__ import annotations
@@ -56,8 +57,8 @@ class LiveStats:
     frames_in: int = 0
     frames_processed: int = 0
     frames_dropped: int = 0
-    keyframes_encoded: int = 0  # deferred encodes installed (products' first keyframes are not counted)
-    keyframes_first: int = 0  # products' first keyframes, encoded on the frame path
+    keyframes_encoded: int = 0  # background encodes installed
+    keyframes_first: int = 0  # products' first keyframes encoded on the frame path (no stage model)
     refreshes: int = 0  # background decodes on the current embedding installed (no encode)
     keyframes_stale: int = 0  # finished after their product ended
     encoder_errors: int = 0
@@ -355,7 +356,7 @@ class LivePipeline:
                 self.recorder.keyframe_installed(ready.request.frame.index, before=frame.index)
             if not self.pipeline.install_keyframe(ready):
                 self.stats.keyframes_stale += 1
-            elif ready.request.decision.keyframe:
+            elif ready.encoded:
                 self.stats.keyframes_encoded += 1
             else:
                 self.stats.refreshes += 1

@@ -350,3 +350,11 @@ def test_bad_device_names_are_refused(name, problem):
 def test_cuda_without_a_gpu_is_a_clear_error(vit_t_model):
     with pytest.raises(ValueError, match="no CUDA GPU"):
         SamSegmenter(vit_t_model, device="cuda")
+
+
+def test_a_segmenter_pickles_to_another_process_and_encodes_the_same(seg, emb_a):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(seg))
+    assert again.arch == seg.arch and again.device == seg.device
+    torch.testing.assert_close(again.encode(_frame(1)).data.features, emb_a.data.features)

@@ -217,6 +217,20 @@ def test_pool_keeps_owned_crops_with_offsets() -> None:
     assert c.mask[y0:y1, x0:x1].sum() == mask.sum()
 
 
+def test_refine_replaces_a_kept_candidate_and_keeps_its_score() -> None:
+    img, mask = textured_disc(radius=30)
+    pool = CandidatePool(capacity=2, min_gap=0)
+    pool.offer(Frame(img, 4, 0.1), mask, fake_score(0.7))
+    smaller = np.zeros_like(mask)
+    smaller[100:140, 120:160] = True
+    alpha = smaller.astype(np.float32) * 0.5
+    assert pool.refine(Frame(img, 4, 0.1), smaller, alpha)
+    c = pool.best()
+    assert c.score.total == pytest.approx(0.7) and c.mask.sum() == smaller.sum() and c.alpha.max() == 0.5
+    assert not pool.refine(Frame(img, 5, 0.2), smaller, alpha)  # no candidate of that frame
+    assert not pool.refine(Frame(img, 4, 0.1), np.zeros_like(mask), None)
+
+
 def test_crop_is_clipped_at_the_frame_edge() -> None:
     img, mask = textured_disc(centre=(20, 180), radius=30)
     pool = CandidatePool(min_margin_px=16, margin_frac=0.0)

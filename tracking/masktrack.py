@@ -14,7 +14,8 @@ newest wins): a keyframe when the policy decided one since the last request was 
 otherwise a refresh (decode with the dense prompt on the current embedding). The caller runs
 `encode_keyframe` in a worker whenever it is free and hands the result to `install`: the decoded mask is
 warped by one flow step from its frame to the last frame segmented and becomes the prior of the next one;
-masks already returned are kept. An object's first keyframe (nothing to carry yet) is encoded in place.
+masks already returned are kept. An object's first keyframe is encoded in place unless the caller gives
+evidence (the empty-stage model) to carry as the mask until the background keyframe arrives.
 """
 from __future__ import annotations
 
@@ -76,11 +77,12 @@ class KeyframeRequest:
 
 @dataclass(frozen=True)
 class Keyframe:
-    """The outcome of a deferred keyframe: its embedding and the mask decoded on it at the keyframe."""
+    """The outcome of a request: the embedding decoded on (new when `encoded`) and the mask decoded."""
 
     request: KeyframeRequest
     embedding: Embedding
     result: MaskResult
+    encoded: bool = True
 
 
 class MaskTracker:
@@ -149,10 +151,13 @@ class MaskTracker:
         prompt = Prompt(points=points, point_labels=point_labels, box=box, mask_logits=dense)
 
         decision = self.policy.before_decode(frame.index, motion=motion, new_track=new_track, operator=rekey)
-        defer = self.defer_keyframes and self._embedding is not None
+        # Live, with the caller's evidence (the stage model) to carry, even an object's first keyframe is
+        # encoded in the background: until it arrives the evidence alone is the mask.
+        carry_first = self.defer_keyframes and self._embedding is None and evidence is not None and points is None
+        defer = self.defer_keyframes and (self._embedding is not None or carry_first)
         if points is not None:
             propagated = None  # ranking candidates by agreement with the mask being corrected defeats the clicks
-        if self._embedding is None or (decision.keyframe and not defer):
+        if (self._embedding is None and not carry_first) or (decision.keyframe and not defer):
             result = self._keyframe(frame, prompt, propagated, decision)
         elif defer:
             result = self._carried(frame, grey, prompt, propagated, decision)
@@ -187,7 +192,7 @@ class MaskTracker:
         if request.generation != self._generation or self._prev_mask is None:
             return False
         result = keyframe.result
-        if request.decision.keyframe:
+        if keyframe.encoded:
             self._embedding = keyframe.embedding
             self.policy.keyframe_scored(result.score)
         else:
@@ -243,10 +248,11 @@ def run_request(segmenter: Segmenter, request: KeyframeRequest) -> Keyframe:
     Pure: it reads only `segmenter` and `request`, so it may run on a worker thread or in another process.
     """
     embedding = request.embedding
-    if request.decision.keyframe or embedding is None:
+    encoded = request.decision.keyframe or embedding is None
+    if encoded:
         embedding = segmenter.encode(request.frame.image, request.frame.index)
     masks = segmenter.decode(embedding, request.prompt, request.frame.image)
-    return Keyframe(request, embedding, choose_mask(masks, request.propagated, request.decision))
+    return Keyframe(request, embedding, choose_mask(masks, request.propagated, request.decision), encoded)
 
 
 def choose_mask(masks: MaskSet, propagated: np.ndarray | None, decision: Decision) -> MaskResult:

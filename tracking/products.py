@@ -105,6 +105,7 @@ class Product:
     track_id: int | None = None
     box: np.ndarray | None = None
     missing: int = 0
+    unmatted_best: tuple | None = None  # live: (frame, mask, evidence) of the best still, matted at the end
 
     @property
     def product_id(self) -> str:
@@ -242,7 +243,7 @@ class ProductPipeline:
         """Use a finished deferred keyframe; False if its product has ended meanwhile."""
         if self.product is None or not self.masks.install(keyframe):
             return False
-        if keyframe.request.decision.keyframe:
+        if keyframe.encoded:
             self.product.keyframes += 1
             self.product.keyframe_reasons[keyframe.request.decision.reason] += 1
         frame, result = keyframe.request.frame, keyframe.result
@@ -453,16 +454,22 @@ class ProductPipeline:
                            weights=self.options.stills)
 
     def _offer_live(self, frame: Frame, mask: np.ndarray, still: StillScore, evidence: np.ndarray | None) -> None:
-        """Offer a live still candidate, matted only when it is a new best: matting costs more than a frame's
-        budget, and only the best is exported."""
-        pool = self.product.pool
-        best = pool.best()
-        if evidence is None or not (best is None or still.total > best.score.total) \
-                or not pool.would_keep(frame.index, still):
-            pool.offer(frame, mask, still)
+        """Offer a live still candidate unmatted: matting costs more than a frame's budget, and only the best
+        is exported, so the best is matted once, when the product ends (`_matte_live_best`)."""
+        product = self.product
+        kept = product.pool.offer(frame, mask, still)
+        if kept and evidence is not None and product.pool.best().frame_index == frame.index:
+            product.unmatted_best = (frame, mask, evidence)
+
+    def _matte_live_best(self, product: Product) -> None:
+        if product.unmatted_best is None or self.stage is None:
             return
-        matted, alpha, still_frame = self._matte(frame, mask, evidence)
-        pool.offer(still_frame, matted, still, alpha=alpha)
+        frame, mask, evidence = product.unmatted_best
+        product.unmatted_best = None
+        best = product.pool.best()
+        if best is not None and best.frame_index == frame.index:
+            matted, alpha, still_frame = self._matte(frame, mask, evidence)
+            product.pool.refine(still_frame, matted, alpha)
 
     def _matte(self, frame: Frame, mask: np.ndarray, evidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, Frame]:
         """The stage model's matte: (refined mask, soft alpha, the frame with decontaminated edge colour)."""
@@ -483,6 +490,7 @@ class ProductPipeline:
 
     def _end(self, frame_index: int, reason: str, events: list) -> None:
         product = self.product
+        self._matte_live_best(product)
         transient = product.frames < self.options.products.min_frames
         log.info("%s ended at frame %d: %s%s", product.product_id, frame_index, reason,
                  " (transient, ignored)" if transient else "")

@@ -276,8 +276,8 @@ class CandidatePool:
             return None
         return min(c.score.total for c in self._kept)
 
-    def would_keep(self, frame_index: int, score: StillScore) -> bool:
-        """Whether `offer` could keep a candidate of this score at this frame (lets callers skip costly work)."""
+    def _would_keep(self, frame_index: int, score: StillScore) -> bool:
+        """Whether `offer` could keep a candidate of this score at this frame."""
         total = score.total
         worst = self.worst_total
         if worst is not None and total <= worst:
@@ -296,7 +296,7 @@ class CandidatePool:
           score: its `score_still` result.
           alpha: optional (H, W) float soft alpha in [0, 1] at the frame's resolution.
         """
-        if not self.would_keep(frame.index, score):
+        if not self._would_keep(frame.index, score):
             return False
         _check_image_mask(frame.image, mask, "CandidatePool.offer")
         if alpha is not None and np.shape(alpha) != np.shape(mask):
@@ -313,6 +313,20 @@ class CandidatePool:
             self._kept.remove(min(self._kept, key=lambda c: (c.score.total, -c.frame_index)))
         self._kept.append(self._crop(frame, m, alpha, box, score))
         return True
+
+    def refine(self, frame: Frame, mask: np.ndarray, alpha: np.ndarray | None) -> bool:
+        """Replace the kept candidate of `frame` by a refined mask (and alpha), keeping its score; False if
+        no candidate of that frame is kept or the mask is empty."""
+        for i, c in enumerate(self._kept):
+            if c.frame_index == frame.index:
+                _check_image_mask(frame.image, mask, "CandidatePool.refine")
+                m = _as_u8(mask)
+                box = mask_box(m)
+                if box is None:
+                    return False
+                self._kept[i] = self._crop(frame, m, alpha, box, c.score)
+                return True
+        return False
 
     def best(self) -> Candidate | None:
         """The highest-scoring candidate (earliest on ties), or None when empty."""
