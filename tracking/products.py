@@ -65,14 +65,16 @@ class ProductOptions:
     end_frames: int = 3  # consecutive frames without the product that end it
     candidates: int = 8  # best stills kept per product
     min_still_score: float = 0.35  # a best still below this is not exported; the product gets a record
-    same_product_iou: float = 0.3  # a new track overlapping the product this much is the same product
+    # A new track whose box and the product's last track box overlap this much (intersection over the
+    # smaller box, so a product seen whole after a part of it is the same product) is the same product.
+    same_product_overlap: float = 0.3
     track_buffer: int = 15  # frames ByteTrack keeps a lost box
 
     def __post_init__(self) -> None:
         for name in ("min_frames", "end_frames", "candidates", "track_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"products.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("min_still_score", "same_product_iou"):
+        for name in ("min_still_score", "same_product_overlap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"products.{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -103,7 +105,8 @@ class Product:
     keyframes: int = 0
     keyframe_reasons: Counter = field(default_factory=Counter)
     track_id: int | None = None
-    box: np.ndarray | None = None
+    box: np.ndarray | None = None  # the last mask's box
+    track_box: np.ndarray | None = None  # the last box of its track (stage model or detector)
     missing: int = 0
     unmatted_best: tuple | None = None  # live: (frame, mask, evidence) of the best still, matted at the end
 
@@ -375,16 +378,20 @@ class ProductPipeline:
         ids = [int(i) for i in tracked.tracker_id]
         if product.track_id in ids:
             row = ids.index(product.track_id)
-            return {"box": np.asarray(tracked.xyxy[row], np.float32)}
+            product.track_box = np.asarray(tracked.xyxy[row], np.float32)
+            return {"box": product.track_box}
         # The product's track is gone: the track overlapping its last box most is either the same
-        # product under a new id (re-key) or another product (the caller decides by the overlap).
-        ious = sv.box_iou_batch(product.box[None], tracked.data["track_xyxy"])[0] if product.box is not None \
+        # product under a new id (re-key) or another product (the caller decides by the overlap). The
+        # track's own last box is the reference: a mask still growing over the product can be far smaller.
+        last = product.track_box if product.track_box is not None else product.box
+        overlaps = _overlap_of_smaller(last, tracked.data["track_xyxy"]) if last is not None \
             else np.ones(len(tracked))
-        row = int(np.argmax(ious))
+        row = int(np.argmax(overlaps))
         new_track = product.track_id is not None
         product.track_id = ids[row]
-        return {"box": np.asarray(tracked.xyxy[row], np.float32), "new_track": new_track,
-                "overlap": float(ious[row])}
+        product.track_box = np.asarray(tracked.xyxy[row], np.float32)
+        return {"box": product.track_box, "new_track": new_track,
+                "overlap": float(overlaps[row])}
 
     @property
     def _detecting(self) -> bool:
@@ -402,7 +409,8 @@ class ProductPipeline:
     def _segment(self, frame: Frame, evidence: np.ndarray | None, prompt: dict, events: list,
                  initial: bool) -> FrameResult:
         """Segment the product on stage; `evidence` is the stage model's log-odds for this frame."""
-        if not initial and prompt.get("new_track") and prompt.get("overlap", 1.0) < self.options.products.same_product_iou:
+        if not initial and prompt.get("new_track") and \
+                prompt.get("overlap", 1.0) < self.options.products.same_product_overlap:
             self._end(frame.index, "another product took the stage", events)
             self._begin(frame, events)
             initial = True
@@ -505,3 +513,14 @@ class ProductPipeline:
 def _first_id(tracked: sv.Detections) -> int | None:
     return int(tracked.tracker_id[0]) if len(tracked) else None
 
+
+def _overlap_of_smaller(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N,) intersection of `box` (4,) with each of `boxes` (N, 4) over the smaller of the two areas."""
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(np.minimum(area, areas), 1e-9)
