@@ -7,6 +7,7 @@ file and the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import types
 import typing
@@ -27,6 +28,8 @@ from turncrop.tracking.stills import StillWeights
 
 PRESETS = ("default", "studio", "fast")
 BACKEND_NAMES = ("auto", "graphcut", "mobile_sam", "sam_vit_b", "sam_vit_l", "sam_vit_h")
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -194,7 +197,21 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data, where = _read(path)
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
+    _rename_old_keys(data, where)
     return _build(Config, data, where, "")
+
+
+# Keys renamed since they were written (config files, and recorded sessions replayed later): old -> new.
+RENAMED_KEYS = {"products.same_product_iou": "products.same_product_overlap"}
+
+
+def _rename_old_keys(data: dict[str, Any], where: str) -> None:
+    for old, new in RENAMED_KEYS.items():
+        section, _, key = old.partition(".")
+        values = data.get(section)
+        if isinstance(values, dict) and key in values:
+            log.warning("%s: config key %s is now %s", where, old, new)
+            values.setdefault(new.partition(".")[2], values.pop(key))
 
 
 def _read(path: str | Path) -> tuple[dict[str, Any], str]:

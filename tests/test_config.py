@@ -339,3 +339,13 @@ def test_section_left_empty_in_yaml_is_reported_not_crashed(tmp_path):
     path = _write(tmp_path, "prompt:\n  # box: [0, 0, 10, 10]\n")
     with pytest.raises(ConfigError, match=rf"^{path}: prompt must be a mapping, got None"):
         load_config(path)
+
+
+def test_renamed_keys_of_old_files_and_recordings_still_load(tmp_path, caplog):
+    path = tmp_path / "old.yaml"
+    path.write_text("products:\n  same_product_iou: 0.4\n")
+    with caplog.at_level("WARNING"):
+        config = load_config(path)
+    assert config.products.same_product_overlap == 0.4
+    assert "products.same_product_iou is now products.same_product_overlap" in caplog.text
+    assert load_config(None, {"products": {"same_product_iou": 0.2}}).products.same_product_overlap == 0.2
