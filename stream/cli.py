@@ -55,6 +55,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log every keyframe decision")
 
 
+def _add_camera_or_file(p: argparse.ArgumentParser, source_help: str) -> None:
+    p.add_argument("source", nargs="?", help=source_help)
+    p.add_argument("--camera", metavar="DEV|INDEX", help="V4L2 device path (e.g. /dev/video0) or OpenCV index")
+    p.add_argument("--realtime", action="store_true", help="play SOURCE at its own frame rate")
+    p.add_argument("--speed", type=float, default=1.0, help="playback speed of SOURCE with --realtime (default 1)")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turncrop", description="Turntable video -> catalogue cutouts")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,12 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     live = sub.add_parser("live", help="segment a camera (or a recording paced as one) live and export "
                           "each product as it leaves")
-    live.add_argument("source", nargs="?", help="video file or image folder played as a camera (with --realtime)")
-    live.add_argument("--camera", metavar="DEV|INDEX", help="V4L2 device path (e.g. /dev/video0) or OpenCV index")
-    live.add_argument("--realtime", action="store_true", help="play SOURCE at its own frame rate")
-    live.add_argument("--speed", type=float, default=1.0, help="playback speed of SOURCE (default 1)")
+    _add_camera_or_file(live, "video file or image folder played as a camera (with --realtime)")
     live.add_argument("--out", required=True, type=Path, help="output folder")
-    live.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     live.add_argument("--config", help="YAML file or preset name (default, studio, fast)")
     live.add_argument("--backend", choices=BACKEND_NAMES, help="segmenter (default: auto)")
     live.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM checkpoint file to use")
@@ -86,12 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser("record", help="record a camera (or a video / image folder) into a session folder for "
                          "`turncrop replay`, without processing")
-    rec.add_argument("source", nargs="?", help="video file or image folder to record")
-    rec.add_argument("--camera", metavar="DEV|INDEX", help="V4L2 device path (e.g. /dev/video0) or OpenCV index")
-    rec.add_argument("--realtime", action="store_true", help="play SOURCE at its own frame rate")
-    rec.add_argument("--speed", type=float, default=1.0, help="playback speed of SOURCE with --realtime")
+    _add_camera_or_file(rec, "video file or image folder to record")
     rec.add_argument("--out", required=True, type=Path, help="the session folder to create")
-    rec.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     rec.add_argument("--codec", choices=("ffv1", "h264"), default="ffv1",
                      help="ffv1 (lossless, default) or h264 (crf 14, small)")
     rec.add_argument("--config", help="config stored with the session for its replays (YAML file or preset)")
