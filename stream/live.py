@@ -40,7 +40,7 @@ from turncrop.stream.encoder_process import encoder_started, run_in_encoder_proc
 from turncrop.stream.recording import SessionRecorder
 from turncrop.stream.runner import ProductSink, RunSummary, build_pipeline
 from turncrop.stream.sources import FrameSource, SourceError
-from turncrop.tracking.frame import Frame
+from turncrop.tracking.frame import Frame, scale_to_fit
 from turncrop.tracking.masktrack import Keyframe
 from turncrop.tracking.operator import OperatorCommand
 from turncrop.tracking.products import FrameResult, ProductPipeline
@@ -222,11 +222,7 @@ class LivePipeline:
     def command(self, command: OperatorCommand) -> None:
         """Queue an operator command given in camera pixels; the pipeline gets it at the working size.
         Safe from the event loop while frames are processed."""
-        h, w = self.source.size if self.source.size else (0, 0)
-        factor = 1.0
-        if self.working_size is not None and max(h, w) > self.working_size:
-            factor = self.working_size / max(h, w)
-        self.pipeline.command(command.scaled(factor))
+        self.pipeline.command(command.scaled(scale_to_fit(self.source.size, self.working_size)))
 
     def stop(self) -> None:
         """Ask the stream to end after the frame in progress (safe from a signal handler on the loop)."""

@@ -121,10 +121,7 @@ def replay_session(session_dir: str | Path, out_dir: str | Path, *, config: Conf
     as_live = session.live and not every_frame
     # The live run segmented frames at its working size (noted when it started); so does the replay.
     started = session.of_kind("live")
-    if started:
-        working_size = started[0].get("working_size")
-    else:
-        working_size = getattr(getattr(config, "live", None), "working_size", None)
+    working_size = started[0].get("working_size") if started else config.live.working_size
     if not session.live and not every_frame:
         log.info("%s holds no live run: processing every frame", session.name)
     pipeline = build_pipeline(config, segmenter, frame_rate=session.fps, defer_keyframes=as_live)

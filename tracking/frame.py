@@ -38,9 +38,16 @@ class Frame:
     def scaled_to(self, max_side: int | None) -> Frame:
         """This frame with its longest side at most `max_side` px (area-averaged); itself if already small
         enough or `max_side` is None. Index, timestamp and source are kept."""
-        h, w = self.size
-        if max_side is None or max(h, w) <= max_side:
+        scale = scale_to_fit(self.size, max_side)
+        if scale == 1.0:
             return self
-        scale = max_side / max(h, w)
+        h, w = self.size
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         return dataclasses.replace(self, image=cv2.resize(self.image, size, interpolation=cv2.INTER_AREA))
+
+
+def scale_to_fit(size: tuple[int, int], max_side: int | None) -> float:
+    """The factor (<= 1) that brings a (H, W) `size` to a longest side of at most `max_side` (None: 1)."""
+    if max_side is None or not size or max(size) <= max_side:
+        return 1.0
+    return max_side / max(size)

@@ -173,7 +173,7 @@ class MaskTracker:
         return result
 
     def take_request(self) -> KeyframeRequest | None:
-        """The keyframe the last `step` deferred, if any (handed out once)."""
+        """The newest request for the worker (keyframe or refresh), if any; handed out once."""
         request, self._request = self._request, None
         return request
 
@@ -274,7 +274,6 @@ def choose_mask(masks: MaskSet, propagated: np.ndarray | None, decision: Decisio
         reason=decision.reason,
         candidate=best,
     )
-
 
 
 def _grown(box: np.ndarray, margin: float, w: int, h: int) -> tuple[int, int, int, int]:

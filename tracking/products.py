@@ -235,7 +235,7 @@ class ProductPipeline:
         return events
 
     def take_keyframe_request(self) -> KeyframeRequest | None:
-        """The keyframe the last `process` deferred, if any (handed out once)."""
+        """The newest request for the live worker (keyframe or refresh), if any; handed out once."""
         return self.masks.take_request()
 
     def encode_keyframe(self, request: KeyframeRequest) -> Keyframe:
@@ -384,8 +384,8 @@ class ProductPipeline:
         # product under a new id (re-key) or another product (the caller decides by the overlap). The
         # track's own last box is the reference: a mask still growing over the product can be far smaller.
         last = product.track_box if product.track_box is not None else product.box
-        overlaps = _overlap_of_smaller(last, tracked.data["track_xyxy"]) if last is not None \
-            else np.ones(len(tracked))
+        overlaps = sv.box_iou_batch(last[None], tracked.data["track_xyxy"], overlap_metric=sv.OverlapMetric.IOS)[0] \
+            if last is not None else np.ones(len(tracked))
         row = int(np.argmax(overlaps))
         new_track = product.track_id is not None
         product.track_id = ids[row]
@@ -512,15 +512,3 @@ class ProductPipeline:
 
 def _first_id(tracked: sv.Detections) -> int | None:
     return int(tracked.tracker_id[0]) if len(tracked) else None
-
-
-def _overlap_of_smaller(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N,) intersection of `box` (4,) with each of `boxes` (N, 4) over the smaller of the two areas."""
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[2], boxes[:, 2])
-    y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(np.minimum(area, areas), 1e-9)

@@ -110,12 +110,7 @@ class StageModel:
         if image.shape != self._mean.shape:
             raise ValueError(f"frame size {image.shape[:2]} differs from the stage's {self._mean.shape[:2]}")
         sigma = self._noise()
-        # Per-channel planes: sums over a trailing axis of 3 are several times slower in numpy.
-        xs = cv2.split(image.astype(np.float32))
-        bs = cv2.split(self._mean)
-        xb = xs[0] * bs[0] + xs[1] * bs[1] + xs[2] * bs[2]
-        xx = xs[0] * xs[0] + xs[1] * xs[1] + xs[2] * xs[2]
-        bb_raw = bs[0] * bs[0] + bs[1] * bs[1] + bs[2] * bs[2]
+        xb, xx, bb_raw = self._dot_products(image.astype(np.float32))
         bb = np.maximum(bb_raw, 1.0)
         # Brightness ratio that best explains x as a scaled backdrop; only shading below 1 is a shadow.
         raw_ratio = xb / bb
@@ -138,6 +133,16 @@ class StageModel:
         as_shadow = np.maximum(o.evidence_scale * (shaded - o.threshold), -o.shadow_doubt)
         evidence = np.minimum(as_backdrop, as_shadow)
         return np.clip(evidence, -o.evidence_clip, o.evidence_clip).astype(np.float32)
+
+    def _dot_products(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per pixel x.b, x.x and b.b of the (H, W, 3) float32 image `x` and the backdrop b, each (H, W).
+
+        Computed on per-channel planes: numpy's sums over a trailing axis of 3 are several times slower.
+        """
+        xs, bs = cv2.split(x), cv2.split(self._mean)
+        return (xs[0] * bs[0] + xs[1] * bs[1] + xs[2] * bs[2],
+                xs[0] * xs[0] + xs[1] * xs[1] + xs[2] * xs[2],
+                bs[0] * bs[0] + bs[1] * bs[1] + bs[2] * bs[2])
 
     def foreground(self, image: np.ndarray, evidence: np.ndarray | None = None) -> np.ndarray:
         """(H, W) bool: pixels unlike the backdrop, cleaned of speckle (`evidence`: this frame's log_odds)."""
@@ -204,7 +209,8 @@ class StageModel:
         fg = cv2.blur(x * core[..., None], (9, 9)) / np.maximum(weight, 1e-6)[..., None]
         # Local shading of the backdrop, from pixels just outside the rim.
         outside = (cv2.dilate(filled, kernel, iterations=band + 1) == 0).astype(np.float32)
-        ratio = (x * self._mean).sum(-1) / np.maximum((self._mean * self._mean).sum(-1), 1.0)
+        xb, _, bb_raw = self._dot_products(x)
+        ratio = xb / np.maximum(bb_raw, 1.0)
         near = cv2.blur(outside, (9, 9))
         shade = np.where(near > 0.01, cv2.blur(ratio * outside, (9, 9)) / np.maximum(near, 1e-6), 1.0)
         b = self._mean * np.minimum(shade, 1.0)[..., None]
