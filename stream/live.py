@@ -16,7 +16,8 @@ Three single-worker pools keep the asyncio event loop free for scheduling, stati
 With the empty-stage model a product's first keyframe is encoded in the background too (the stage's
 evidence is the mask until it arrives); without one it is encoded on the frame path, and frames arriving
 meanwhile are dropped by the slot. `stop()` (SIGINT/SIGTERM with `install_signal_handlers`, or
-the duration running out) ends the stream: the product on stage is finished and its files are written.
+the duration running out) ends the stream: the job in flight is installed (and, for a product on stage
+with no still yet, its newest request is run), the product is finished and its files are written.
 """
 from __future__ import annotations
 
@@ -260,9 +261,7 @@ class LivePipeline:
                 await reader  # returns after the frame being read (a frame period at most)
                 if reporter is not None:
                     reporter.cancel()
-                if self._encoding is not None:
-                    # An encode cannot be interrupted; wait for it so no worker outlives the run.
-                    await asyncio.gather(self._encoding, return_exceptions=True)
+                await self._finish_keyframes(frame_pool, encoder_pool)
                 ended = self.pipeline.finish(self._last_index)
                 self.stats.products += await loop.run_in_executor(frame_pool, self.sink.events, ended)
                 self.stats.frames_dropped = slot.dropped + self._upstream_dropped()
@@ -345,17 +344,49 @@ class LivePipeline:
             return 0
         return self.source.dropped - (self._upstream_before if since_start else 0)
 
+    async def _finish_keyframes(self, frame_pool: ThreadPoolExecutor, encoder_pool: ProcessPoolExecutor) -> None:
+        """The stream is ending: install the job in flight (it cannot be interrupted, and its mask may be the
+        product's best still) and, if the product on stage has no still yet, run its newest request and
+        install that too, so a product stopped early still gets its cutout. One job more at most."""
+        await self._settle(frame_pool)
+        request = self.pipeline.take_keyframe_request() if self.pipeline.product_without_still else None
+        if request is not None:
+            log.info("live: running the pending %s of frame %d before the product is closed",
+                     "keyframe" if request.decision.keyframe else "refresh", request.frame.index)
+            if self.recorder is not None:
+                self.recorder.keyframe_request(request.frame.index, after=self._last_index)
+            loop = asyncio.get_running_loop()
+            self._encoding = loop.run_in_executor(encoder_pool, run_in_encoder_process, request)
+            await self._settle(frame_pool)
+
+    async def _settle(self, frame_pool: ThreadPoolExecutor) -> None:
+        """Install the finished job waiting for a frame, then wait for the job in flight and install it."""
+        await self._install_ready(frame_pool)
+        if self._encoding is not None:
+            await asyncio.gather(self._encoding, return_exceptions=True)
+            self._collect()
+            await self._install_ready(frame_pool)
+
+    async def _install_ready(self, frame_pool: ThreadPoolExecutor) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            await asyncio.get_running_loop().run_in_executor(frame_pool, self._install, ready, None)
+
+    def _install(self, ready: Keyframe, before: int | None) -> None:
+        """Hand a finished request to the pipeline before frame `before` (None: at the end of the stream)."""
+        if self.recorder is not None:
+            self.recorder.keyframe_installed(ready.request.frame.index, before=before)
+        if not self.pipeline.install_keyframe(ready):
+            self.stats.keyframes_stale += 1
+        elif ready.encoded:
+            self.stats.keyframes_encoded += 1
+        else:
+            self.stats.refreshes += 1
+
     def _step(self, frame: Frame, ready: Keyframe | None) -> FrameResult:
         """The frame path (on the frame worker): install a finished request, segment, export."""
         if ready is not None:
-            if self.recorder is not None:
-                self.recorder.keyframe_installed(ready.request.frame.index, before=frame.index)
-            if not self.pipeline.install_keyframe(ready):
-                self.stats.keyframes_stale += 1
-            elif ready.encoded:
-                self.stats.keyframes_encoded += 1
-            else:
-                self.stats.refreshes += 1
+            self._install(ready, frame.index)
         result = self.pipeline.process(frame.scaled_to(self.working_size))
         if result.keyframe:
             self.stats.keyframes_first += 1

@@ -8,7 +8,7 @@ A session folder is self-describing:
                    packets are flushed at once and clusters close every second, so a killed recorder
                    leaves a playable file holding all but the last moments
     events.jsonl   append-only, one JSON object a line, flushed per line:
-                     {"kind": "header", "format": "turncrop-session", "format_version": 1}
+                     {"kind": "header", "format": "turncrop-session", "format_version": 2}
                      {"frame": 12, "t": 0.4}                                   a frame arrived (its timestamp)
                      {"event": "processed", "frame": 12}                       the live run processed it
                      {"event": "keyframe_request", "frame": 12, "after": 13, "taken": "encode" | "skip"}
@@ -16,6 +16,8 @@ A session folder is self-describing:
                                                                                refresh) of frame 12, taken
                                                                                after frame 13 was processed
                      {"event": "keyframe_installed", "frame": 12, "before": 15}
+                                                                               ("before": "end": as the
+                                                                               stream ended, format 2)
                      {"event": "command", "frame": 20, "command": {...}}       an operator command applied
                                                                                before frame 20 was processed
                      {"event": "live", "working_size": 640}                    a live run started (the size
@@ -60,7 +62,8 @@ from turncrop.tracking.frame import Frame
 log = logging.getLogger(__name__)
 
 FORMAT = "turncrop-session"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keyframes installed as the stream ends ("before": "end")
+STREAM_END = "end"
 SESSION_FILE = "session.json"
 VIDEO_FILE = "video.mkv"
 EVENTS_FILE = "events.jsonl"
@@ -217,8 +220,11 @@ class SessionRecorder:
         self.event({"event": "keyframe_request", "frame": int(frame_index),
                     "after": int(frame_index if after is None else after), "taken": "encode" if encoded else "skip"})
 
-    def keyframe_installed(self, frame_index: int, before: int) -> None:
-        self.event({"event": "keyframe_installed", "frame": int(frame_index), "before": int(before)})
+    def keyframe_installed(self, frame_index: int, before: int | None) -> None:
+        """The live run installed the request of frame `frame_index` before processing frame `before`
+        (None: after the last frame, as the stream ended)."""
+        self.event({"event": "keyframe_installed", "frame": int(frame_index),
+                    "before": STREAM_END if before is None else int(before)})
 
     def commands(self, events: list) -> None:
         """Record the operator commands applied in one frame's result events (CommandApplied)."""

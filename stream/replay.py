@@ -6,7 +6,7 @@ Two modes:
                processed (its drops are skipped), applies each operator command before the frame it was
                applied to, and runs each deferred keyframe encode synchronously: encoded where the live run
                took the request (or skipped where it found the encoder busy) and installed before the frame
-               where the live run installed it. Any place where the replay's pipeline does not ask for the
+               where the live run installed it (or as the stream ended). Any place where the replay's pipeline does not ask for the
                keyframe the live run asked for is reported in `divergences`.
   every frame  processes all recorded frames with keyframes encoded in place, commands as recorded.
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from turncrop.models.base import Segmenter
 from turncrop.stream.config import Config
-from turncrop.stream.recording import RecordingError, SessionSource, open_session
+from turncrop.stream.recording import STREAM_END, RecordingError, SessionSource, open_session
 from turncrop.stream.runner import ProductSink, RunSummary, build_pipeline
 from turncrop.stream.sources import SourceError
 from turncrop.tracking.masktrack import Keyframe
@@ -160,6 +160,8 @@ def replay_session(session_dir: str | Path, out_dir: str | Path, *, config: Conf
         error = e if isinstance(e, RecordingError) else RecordingError(str(e))
         sink.summary.error = str(error)
         log.error("%s", error)
+    if script is not None:
+        script.install_before(STREAM_END, pipeline, report)
     sink.events(pipeline.finish(last))
     report.seconds = time.perf_counter() - started
     report.warnings = list(session.warnings)
@@ -194,21 +196,25 @@ class _LiveScript:
         requests = [e for e in events if e["event"] == "keyframe_request"]
         # Recordings note the frame a request was taken after; without it, it was taken after its own frame.
         self.taken = {e.get("after", e["frame"]): e for e in requests}
-        self.installs = {e["before"]: e["frame"] for e in events if e["event"] == "keyframe_installed"}
+        # Before a frame the live run installs at most one; as the stream ends ("before": STREAM_END) up to two.
+        self.installs: dict[int | str, list[int]] = defaultdict(list)
+        for e in events:
+            if e["event"] == "keyframe_installed":
+                self.installs[e["before"]].append(e["frame"])
         self.pending: dict[int, Keyframe] = {}
 
-    def install_before(self, index: int, pipeline, report: ReplayReport) -> None:
-        request_frame = self.installs.get(index)
-        if request_frame is None:
-            return
-        keyframe = self.pending.pop(request_frame, None)
-        if keyframe is None:
-            report.divergences.append(f"frame {index}: the live run installed the request of frame "
-                                      f"{request_frame} here; the replay has none from that frame")
-            return
-        used = pipeline.install_keyframe(keyframe)
-        report.keyframes.append({"frame": request_frame, "kind": "installed", "before": index, "used": used,
-                                 "reason": keyframe.request.decision.reason})
+    def install_before(self, index: int | str, pipeline, report: ReplayReport) -> None:
+        """Install what the live run installed before frame `index` (STREAM_END: as the stream ended)."""
+        where = "at the end" if index == STREAM_END else f"frame {index}"
+        for request_frame in self.installs.get(index, []):
+            keyframe = self.pending.pop(request_frame, None)
+            if keyframe is None:
+                report.divergences.append(f"{where}: the live run installed the request of frame "
+                                          f"{request_frame} here; the replay has none from that frame")
+                continue
+            used = pipeline.install_keyframe(keyframe)
+            report.keyframes.append({"frame": request_frame, "kind": "installed", "before": index, "used": used,
+                                     "reason": keyframe.request.decision.reason})
 
     def after(self, index: int, pipeline, report: ReplayReport) -> None:
         recorded = self.taken.get(index)

@@ -17,6 +17,7 @@ from turncrop.stream.cli import main
 from turncrop.stream.config import load_config
 from turncrop.stream.live import LatestFrame, run_live
 from turncrop.stream.live_sources import CameraSource, MonotonicClock, RealtimeSource
+from turncrop.stream.replay import replay_session
 from turncrop.stream.sources import FrameSource, ImageFolderSource, SourceError
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
@@ -130,6 +131,33 @@ def test_sigint_finishes_the_product_in_progress(short_session, tmp_path):
     sidecar = json.loads((tmp_path / "product-001.json").read_text())
     assert "source ended" in json.dumps(sidecar)
     assert manifest["products"][0]["last_frame"] == seen[-1]
+
+
+def test_a_product_stopped_before_its_first_keyframe_arrives_still_gets_its_cutout(short_session, tmp_path):
+    """Stopped while the product's first keyframe is still encoding (the masks so far were carried, and live
+    stills come only from decoded masks): the stream waits for that job, installs it, and the product is
+    exported from it. The recording notes the hand-off at the end, so the replay does the same."""
+    seen = []
+
+    def on_result(result) -> None:
+        if len(result.detections):
+            seen.append(result.frame.index)
+            if len(seen) == 8:  # about 0.5 s in: the 3 s encode of the first keyframe is still running
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with _paced(short_session) as source:
+        report = run_live(source, tmp_path / "live", _config(), segmenter=SlowEncoder(delay=3.0),
+                          on_result=on_result, record=tmp_path / "session")
+    assert report.stats.keyframes_encoded == 1 and report.stats.frames_during_encode >= 7
+    manifest = _product_written(tmp_path / "live")
+    events = [json.loads(line) for line in (tmp_path / "session" / "events.jsonl").read_text().splitlines()]
+    installed = [e["frame"] for e in events if e.get("event") == "keyframe_installed"]
+    assert [e["before"] for e in events if e.get("event") == "keyframe_installed"] == ["end"]
+    assert manifest["products"][0]["frame_index"] == installed[0] == seen[0]  # the decoded mask is the still
+
+    replayed = replay_session(tmp_path / "session", tmp_path / "replay", segmenter=GraphCutSegmenter())
+    assert replayed.divergences == []
+    assert [(p["status"], p["frame_index"]) for p in replayed.summary.products] == [("ok", installed[0])]
 
 
 def test_latest_frame_slot_keeps_the_newest():

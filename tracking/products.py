@@ -234,6 +234,11 @@ class ProductPipeline:
             self._end(frame_index, "source ended", events)
         return events
 
+    @property
+    def product_without_still(self) -> bool:
+        """A product is on the stage and no frame of it has given a still candidate yet."""
+        return self.product is not None and self.product.pool.best() is None
+
     def take_keyframe_request(self) -> KeyframeRequest | None:
         """The newest request for the live worker (keyframe or refresh), if any; handed out once."""
         return self.masks.take_request()
