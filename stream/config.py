@@ -111,8 +111,9 @@ class SpinOptions:
 class LiveOptions:
     """Live streams (`turncrop live`, `turncrop serve`, and replays of their recordings).
 
-    working_size: frames are processed (and products exported) with their longest side at most this many
-      pixels, so the per-frame path fits a camera's frame period; None keeps the camera's size.
+    working_size: frames are segmented with their longest side at most this many pixels, so the per-frame
+      path fits a camera's frame period; None keeps the camera's size. Stills are cut from the camera's
+      frames at full size.
     """
 
     working_size: int | None = 640

@@ -7,11 +7,13 @@ sent to it once, when the stream starts; until it is ready masks are carried by 
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 
-from turncrop.models.base import Segmenter
-from turncrop.tracking.masktrack import Keyframe, KeyframeRequest, run_request
+from turncrop.models.base import Embedding, Segmenter
+from turncrop.tracking.masktrack import Keyframe, KeyframeRequest, MaskResult, run_request
 
 _segmenter: Segmenter | None = None  # the worker process's own copy
 
@@ -29,9 +31,17 @@ def encoder_started(pool: ProcessPoolExecutor) -> Future:
     return pool.submit(_started)
 
 
-def run_in_encoder_process(request: KeyframeRequest) -> Keyframe:
-    """`run_request` with the worker's segmenter (submit this to the pool)."""
-    return run_request(_segmenter, request)
+async def run_in_encoder_process(pool: ProcessPoolExecutor, request: KeyframeRequest) -> Keyframe:
+    """`run_request` in the worker process of `pool`. Only what the work needs crosses over (not the
+    frame's source-resolution original) and only the outcome comes back: the Keyframe holds `request`."""
+    sent = dataclasses.replace(request, frame=dataclasses.replace(request.frame, original=None))
+    embedding, result, encoded = await asyncio.get_running_loop().run_in_executor(pool, _run, sent)
+    return Keyframe(request, embedding, result, encoded)
+
+
+def _run(request: KeyframeRequest) -> tuple[Embedding, MaskResult, bool]:
+    keyframe = run_request(_segmenter, request)
+    return keyframe.embedding, keyframe.result, keyframe.encoded
 
 
 def _keep_segmenter(segmenter: Segmenter) -> None:

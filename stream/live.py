@@ -1,12 +1,12 @@
 """The live pipeline: a camera (or a paced recording) in, products exported as they leave the stage.
 
-Three single-worker pools keep the asyncio event loop free for scheduling, statistics and signals:
+Single-worker pools keep the asyncio event loop free for scheduling, statistics and signals:
 
   source   reads the next frame (camera I/O, video decode) into a size-1 "latest" slot: when the frame
            path is behind, the older frame is dropped and counted, so nothing queues up;
   frame    runs the cheap per-frame path for every frame it takes, at the working size (config
-           `live.working_size`): tracking, propagation (the carried mask), scoring, and exporting a product
-           when it ends;
+           `live.working_size`): tracking, propagation (the carried mask), scoring;
+  export   cuts an ended product's best still from the camera's full-size frame and writes its files;
   encoder  a process with its own copy of the segmenter (`encoder_process`) runs the decoder and, on
            keyframes, the encoder (`ProductPipeline(defer_keyframes=True)`): each time it is free it takes
            the newest request (a keyframe, or a refresh on the current embedding); a finished one is
@@ -44,7 +44,7 @@ from turncrop.stream.sources import FrameSource, SourceError
 from turncrop.tracking.frame import Frame, scale_to_fit
 from turncrop.tracking.masktrack import Keyframe
 from turncrop.tracking.operator import OperatorCommand
-from turncrop.tracking.products import FrameResult, ProductPipeline
+from turncrop.tracking.products import FrameResult, ProductEnded, ProductPipeline
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ class LivePipeline:
         self._stop: asyncio.Event | None = None
         self._encoding: asyncio.Future | None = None
         self._ready: Keyframe | None = None  # a finished encode, installed before the next frame
+        self._exporting: set[asyncio.Future] = set()  # products being exported
         self._last_index = -1
         self._upstream_before = 0
 
@@ -239,6 +240,7 @@ class LivePipeline:
         slot = LatestFrame()
         with ThreadPoolExecutor(1, "turncrop-source") as source_pool, \
                 ThreadPoolExecutor(1, "turncrop-frame") as frame_pool, \
+                ThreadPoolExecutor(1, "turncrop-export") as export_pool, \
                 (await loop.run_in_executor(None, start_encoder_process, self.pipeline.segmenter)) as encoder_pool:
             # The stream starts once the model is loaded in the worker, so its first keyframes are not lost.
             await self._until_started(encoder_pool)
@@ -250,7 +252,7 @@ class LivePipeline:
             reader = asyncio.create_task(self._read(slot, source_pool))
             reporter = asyncio.create_task(self._report(stats_every, on_stats)) if on_stats else None
             try:
-                await self._consume(slot, frame_pool, encoder_pool)
+                await self._consume(slot, frame_pool, encoder_pool, export_pool)
             finally:
                 self._stop.set()
                 slot.close()
@@ -262,8 +264,8 @@ class LivePipeline:
                 if reporter is not None:
                     reporter.cancel()
                 await self._finish_keyframes(frame_pool, encoder_pool)
-                ended = self.pipeline.finish(self._last_index)
-                self.stats.products += await loop.run_in_executor(frame_pool, self.sink.events, ended)
+                self._export(self.pipeline.finish(self._last_index), export_pool)
+                await asyncio.gather(*self._exporting, return_exceptions=True)  # `_exported` logs failures
                 self.stats.frames_dropped = slot.dropped + self._upstream_dropped()
                 self.stats.ended = time.monotonic()
                 self.sink.summary.error = self.error
@@ -308,7 +310,7 @@ class LivePipeline:
             slot.close()
 
     async def _consume(self, slot: LatestFrame, frame_pool: ThreadPoolExecutor,
-                       encoder_pool: ThreadPoolExecutor) -> None:
+                       encoder_pool: ProcessPoolExecutor, export_pool: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             item = await slot.get()
@@ -333,9 +335,27 @@ class LivePipeline:
             if request is not None:
                 if self.recorder is not None:
                     self.recorder.keyframe_request(request.frame.index, after=frame.index)
-                self._encoding = loop.run_in_executor(encoder_pool, run_in_encoder_process, request)
+                self._encoding = asyncio.ensure_future(run_in_encoder_process(encoder_pool, request))
+            self._export(result.events, export_pool)
             if self.on_result is not None:
                 self.on_result(result)
+
+    def _export(self, events: list, export_pool: ThreadPoolExecutor) -> None:
+        """Export the products that `events` ended on the export worker, in order: a product's final cut
+        and its image files take longer than a frame period, and the frame path goes on meanwhile."""
+        if not any(isinstance(e, ProductEnded) for e in events):
+            return
+        exporting = asyncio.get_running_loop().run_in_executor(export_pool, self.sink.events, events)
+        self._exporting.add(exporting)
+        exporting.add_done_callback(self._exported)
+
+    def _exported(self, exporting: asyncio.Future) -> None:
+        self._exporting.discard(exporting)
+        if exporting.exception() is not None:
+            error = exporting.exception()
+            log.error("exporting a product failed (%s: %s)", type(error).__name__, error)
+        else:
+            self.stats.products += exporting.result()
 
     def _upstream_dropped(self, since_start: bool = True) -> int:
         """Frames a push source replaced before the source worker read them (they never reached the slot),
@@ -355,8 +375,7 @@ class LivePipeline:
                      "keyframe" if request.decision.keyframe else "refresh", request.frame.index)
             if self.recorder is not None:
                 self.recorder.keyframe_request(request.frame.index, after=self._last_index)
-            loop = asyncio.get_running_loop()
-            self._encoding = loop.run_in_executor(encoder_pool, run_in_encoder_process, request)
+            self._encoding = asyncio.ensure_future(run_in_encoder_process(encoder_pool, request))
             await self._settle(frame_pool)
 
     async def _settle(self, frame_pool: ThreadPoolExecutor) -> None:
@@ -390,7 +409,7 @@ class LivePipeline:
         result = self.pipeline.process(frame.scaled_to(self.working_size))
         if result.keyframe:
             self.stats.keyframes_first += 1
-        self.stats.products += self.sink.frame(result)
+        self.sink.record(result)
         return result
 
     def _collect(self) -> None:

@@ -151,9 +151,13 @@ class ProductSink:
 
     def frame(self, result: FrameResult) -> int:
         """Record one frame's result and export the products it ended; returns how many were exported."""
+        self.record(result)
+        return self.events(result.events)
+
+    def record(self, result: FrameResult) -> None:
+        """Count one frame and keep its product view for a spin set (`events` exports, maybe elsewhere)."""
         self.summary.frames += 1
         _record_spin(self._spins, result, self.config)
-        return self.events(result.events)
 
     def events(self, events: list) -> int:
         exported = 0
@@ -164,8 +168,8 @@ class ProductSink:
                 self._spins.pop(event.product.number, None)
                 continue
             entry = _export(self.out, event, self.summary.backend, self.summary.source, self.config)
-            self.summary.products.append(entry)
             _export_spin(self.out, event, self._spins, entry, self.config)
+            self.summary.products.append(entry)  # complete: a live session may announce it at once
             self.write_manifest()
             exported += 1
         return exported
@@ -178,6 +182,7 @@ class ProductSink:
 
 def _export(out: Path, event: ProductEnded, backend: str, source: str, config: Config) -> dict:
     product = event.product
+    product.cut_best()
     meta = {"backend": backend, "ended": event.reason, "keyframes": product.statistics()}
     best = product.pool.best()
     if best is None:

@@ -1,10 +1,12 @@
 """The live pipeline: paced sources, the latest-frame slot, background keyframes, failures, SIGINT, cameras."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,19 +14,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from turncrop.models.base import Prompt
 from turncrop.models.graphcut import GraphCutSegmenter
 from turncrop.stream.cli import main
 from turncrop.stream.config import load_config
+from turncrop.stream.encoder_process import run_in_encoder_process, start_encoder_process
 from turncrop.stream.live import LatestFrame, run_live
 from turncrop.stream.live_sources import CameraSource, MonotonicClock, RealtimeSource
 from turncrop.stream.replay import replay_session
+from turncrop.stream.runner import ProductSink, build_pipeline
 from turncrop.stream.sources import FrameSource, ImageFolderSource, SourceError
 from turncrop.tracking.frame import Frame
-from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
-from turncrop.tracking.masktrack import MaskTracker
+from turncrop.tracking.keyframes import Decision, KeyframeOptions, KeyframePolicy
+from turncrop.tracking.masks import mask_iou
+from turncrop.tracking.masktrack import KeyframeRequest, MaskTracker
+from turncrop.tracking.products import ProductEnded
 from turncrop.tracking.propagation import FlowPropagator
 
-from data_paths import write_short_session
+from data_paths import load_masks, write_short_session
 
 FPS = 15.0  # every 2nd frame of the 30 fps recording
 
@@ -158,6 +165,72 @@ def test_a_product_stopped_before_its_first_keyframe_arrives_still_gets_its_cuto
     replayed = replay_session(tmp_path / "session", tmp_path / "replay", segmenter=GraphCutSegmenter())
     assert replayed.divergences == []
     assert [(p["status"], p["frame_index"]) for p in replayed.summary.products] == [("ok", installed[0])]
+
+
+def test_live_stills_are_cut_from_the_source_resolution_frame(short_session):
+    """A live stream segments at `live.working_size`; its product's still is cut from the source frame (the
+    mask upscaled and matted there), not from the working copy. Run here as the live pipeline runs it, with
+    each deferred request encoded at once and installed before the next frame."""
+    config = _config(**{"live.working_size": 240})  # the frames are 480x360
+    pipeline = build_pipeline(config, None, frame_rate=FPS, defer_keyframes=True)
+    gt = load_masks(short_session / "gt")
+    ended, ready = [], None
+    with ImageFolderSource(short_session, fps=FPS) as source:
+        for frame in source:
+            if ready is not None:
+                pipeline.install_keyframe(ready)
+            result = pipeline.process(frame.scaled_to(config.live.working_size))
+            assert result.frame.size == (180, 240) and result.frame.original is frame
+            request = pipeline.take_keyframe_request()
+            ready = pipeline.encode_keyframe(request) if request is not None else None
+            ended += [e for e in result.events if isinstance(e, ProductEnded) and not e.transient]
+    assert len(ended) == 1
+    ended[0].product.cut_best()  # as the export does
+    still = ended[0].product.pool.best()
+    assert still.frame_size == (360, 480) and still.alpha is not None
+    cut = np.zeros(still.frame_size, bool)
+    x, y = still.offset
+    cut[y:y + still.alpha.shape[0], x:x + still.alpha.shape[1]] = still.alpha >= 0.5
+    assert mask_iou(cut, gt[still.frame_index]) >= 0.9  # measured 0.92
+
+
+def test_a_request_run_in_the_encoder_process_comes_back_as_the_same_request(short_session):
+    """Only the outcome crosses back from the worker: the Keyframe holds the caller's own request, whose
+    frame still knows its source-resolution original (which never went to the worker)."""
+    frame = next(iter(ImageFolderSource(short_session, fps=FPS))).scaled_to(240)
+    request = KeyframeRequest(frame, Prompt(box=np.array([10, 10, 100, 100], np.float32)), None,
+                              np.zeros(frame.size, np.uint8), Decision(0, True, "first"), generation=0)
+
+    async def scenario():
+        with start_encoder_process(GraphCutSegmenter()) as pool:
+            return await run_in_encoder_process(pool, request)
+
+    keyframe = asyncio.run(scenario())
+    assert keyframe.request is request and keyframe.request.frame.original is not None
+    assert keyframe.result.mask.shape == (180, 240) and keyframe.encoded
+
+
+def test_exporting_a_product_does_not_hold_up_the_frame_path(short_session, tmp_path, monkeypatch):
+    """The final cut and the image files of an ended product take longer than a frame period: they are made
+    on the export worker while frames go on being processed."""
+    processed, exports = [], []
+    original_events = ProductSink.events
+
+    def slow_events(sink, events):
+        if any(isinstance(e, ProductEnded) for e in events):
+            exports.append((threading.current_thread().name, len(processed)))
+            time.sleep(0.5)  # 7 frames at 15 fps
+            exports.append((threading.current_thread().name, len(processed)))
+        return original_events(sink, events)
+
+    monkeypatch.setattr(ProductSink, "events", slow_events)
+    with _paced(short_session) as source:
+        report = run_live(source, tmp_path, _config(), handle_signals=False,
+                          on_result=lambda result: processed.append(result.frame.index))
+    (thread, before), (_, after) = exports
+    assert thread.startswith("turncrop-export") and after >= before + 4
+    assert report.stats.products == 1
+    _product_written(tmp_path)
 
 
 def test_latest_frame_slot_keeps_the_newest():

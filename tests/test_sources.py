@@ -423,3 +423,11 @@ def test_load_masks_sorted_bool(tmp_path: Path) -> None:
     assert [m.dtype for m in masks] == [np.dtype(bool)] * 3
     assert [bool(m.all()) for m in masks] == [False, True, True]
     assert masks[0].shape == (4, 5)
+
+
+def test_a_scaled_frame_keeps_its_source_resolution_original() -> None:
+    frame = Frame(np.full((360, 480, 3), 7, np.uint8), 5, 0.2, "cam")
+    small = frame.scaled_to(240)
+    assert small.size == (180, 240) and (small.index, small.timestamp, small.source) == (5, 0.2, "cam")
+    assert small.original is frame and small.scaled_to(120).original is frame  # always the source's frame
+    assert frame.scaled_to(480) is frame and frame.scaled_to(None) is frame and frame.original is None

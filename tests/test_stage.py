@@ -7,6 +7,7 @@ import pytest
 
 from turncrop.models.base import Prompt
 from turncrop.models.graphcut import GraphCutSegmenter
+from turncrop.tracking.masks import resize_mask
 from turncrop.tracking.stage import StageModel, StageOptions
 
 H, W = 160, 200
@@ -233,6 +234,28 @@ def test_matte_moves_the_edge_to_half_coverage(stage, rng, colour):
     after = np.abs(decontaminated[rim].astype(np.float32) - product).mean()
     assert after < before / 3, (before, after)
     assert (decontaminated[far] == frame[far]).all()
+
+
+def test_a_stage_learnt_at_a_working_size_mattes_the_source_frame(rng):
+    """Live streams learn the stage and segment at a working size; the still is cut from the source frame
+    with the model resized to it: the smooth plate and the source's own noise level are recovered."""
+    half = (W // 2, H // 2)
+    small = StageModel(StageOptions(warmup_frames=16))
+    for _ in range(16):
+        small.learn_empty(cv2.resize(_shot(BACKDROP, rng), half, interpolation=cv2.INTER_AREA))
+    full = small.resized((H, W))
+    assert small._mean.shape[:2] == (H // 2, W // 2)  # the working model itself is untouched
+    assert np.abs(full._mean - BACKDROP).mean() < 1.0
+    assert np.median(full._noise()) == pytest.approx(np.sqrt(3) * NOISE, rel=0.3)
+
+    alpha = _antialiased(100.3, 80.6, 30.4)
+    truth = alpha >= 0.5
+    frame = _shot(alpha[..., None] * np.array((40, 60, 90), np.float32) + (1 - alpha[..., None]) * BACKDROP, rng)
+    working = small.foreground(cv2.resize(frame, half, interpolation=cv2.INTER_AREA))
+    upscaled = resize_mask(working, (H, W))
+    refined, _, _ = full.matte(frame, upscaled, band=4)
+    assert int((refined ^ truth).sum()) <= int((upscaled ^ truth).sum()) // 4  # measured: 162 -> 0
+    assert (full.log_odds(_shot(BACKDROP, rng)) < 0).mean() > 0.99
 
 
 def test_matte_leaves_holes_inside_the_mask_alone(stage, rng):

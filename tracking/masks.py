@@ -15,3 +15,10 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two (H, W) bool masks; two empty masks agree fully (1.0)."""
     union = np.count_nonzero(a | b)
     return np.count_nonzero(a & b) / union if union else 1.0
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (H, W) bool mask resized to (H', W') `size`: its coverage interpolated bilinearly and cut at one half,
+    so an upscaled edge is smooth rather than stepped."""
+    h, w = size
+    return cv2.resize(np.asarray(mask, np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,11 +28,11 @@ from turncrop.models.base import Segmenter
 from turncrop.tracking.boxes import BoxTracker
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
-from turncrop.tracking.masks import mask_box, mask_iou
+from turncrop.tracking.masks import mask_box, mask_iou, resize_mask
 from turncrop.tracking.masktrack import Keyframe, KeyframeRequest, MaskResult, MaskTracker
 from turncrop.tracking.operator import CommandApplied, OperatorCommand
 from turncrop.tracking.propagation import FlowPropagator, PropagationOptions
-from turncrop.tracking.stage import StageModel, StageOptions
+from turncrop.tracking.stage import MATTE_BAND, StageModel, StageOptions
 from turncrop.tracking.stills import CandidatePool, StillScore, StillWeights, score_still
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,25 @@ class PipelineOptions:
     stills: StillWeights = field(default_factory=StillWeights)
 
 
+@dataclass(frozen=True)
+class FinalCut:
+    """What a live product's best still is cut from when it is exported (`Product.cut_best`): matting, and a
+    frame at the source resolution, cost more than a frame's budget, and only the best is exported.
+
+    Attributes:
+      frame: the frame at the source resolution.  mask: (h, w) bool decoded mask, at the working size.
+      evidence: the stage's (h, w) log-odds when the frame is at the working size too, else None.
+      stage: a copy of the stage model at the frame's size (it goes on adapting on the stream), or None:
+        the mask is only resized.  band: px each side of the edge the matte may relabel.
+    """
+
+    frame: Frame
+    mask: np.ndarray
+    evidence: np.ndarray | None
+    stage: StageModel | None
+    band: int
+
+
 @dataclass
 class Product:
     """One product's life on the stage and what was learnt about it."""
@@ -108,7 +128,20 @@ class Product:
     box: np.ndarray | None = None  # the last mask's box
     track_box: np.ndarray | None = None  # the last box of its track (stage model or detector)
     missing: int = 0
-    unmatted_best: tuple | None = None  # live: (frame, mask, evidence) of the best still, matted at the end
+    uncut_best: tuple | None = None  # live: (frame, mask, evidence) of the best still so far
+    final_cut: FinalCut | None = None  # live: the best still's cut, prepared as the product ends
+
+    def cut_best(self) -> None:
+        """Make the best live still's final cut (`FinalCut`), once; nothing to do otherwise. Safe on another
+        thread than the pipeline's: it touches only this ended product."""
+        cut, self.final_cut = self.final_cut, None
+        if cut is None:
+            return
+        frame, mask, alpha = cut.frame, resize_mask(cut.mask, cut.frame.size), None
+        if cut.stage is not None:
+            mask, alpha, colour = cut.stage.matte(frame.image, mask, cut.evidence, band=cut.band)
+            frame = dataclasses.replace(frame, image=colour)
+        self.pool.refine(frame, mask, alpha)
 
     @property
     def product_id(self) -> str:
@@ -467,22 +500,31 @@ class ProductPipeline:
                            weights=self.options.stills)
 
     def _offer_live(self, frame: Frame, mask: np.ndarray, still: StillScore, evidence: np.ndarray | None) -> None:
-        """Offer a live still candidate unmatted: matting costs more than a frame's budget, and only the best
-        is exported, so the best is matted once, when the product ends (`_matte_live_best`)."""
+        """Offer a live still candidate as it is: matting (and a frame at the source resolution) costs more
+        than a frame's budget, and only the best is exported, so the best is cut once, when the product ends
+        (`FinalCut`)."""
         product = self.product
         kept = product.pool.offer(frame, mask, still)
-        if kept and evidence is not None and product.pool.best().frame_index == frame.index:
-            product.unmatted_best = (frame, mask, evidence)
+        if kept and product.pool.best().frame_index == frame.index:
+            product.uncut_best = (frame, mask, evidence)
 
-    def _matte_live_best(self, product: Product) -> None:
-        if product.unmatted_best is None or self.stage is None:
+    def _prepare_final_cut(self, product: Product) -> None:
+        """As a live product ends: what its best still will be cut from (`FinalCut`), from the camera's frame
+        when the stream is segmented at a working size."""
+        if product.uncut_best is None:
             return
-        frame, mask, evidence = product.unmatted_best
-        product.unmatted_best = None
+        frame, mask, evidence = product.uncut_best
+        product.uncut_best = None
         best = product.pool.best()
-        if best is not None and best.frame_index == frame.index:
-            matted, alpha, still_frame = self._matte(frame, mask, evidence)
-            product.pool.refine(still_frame, matted, alpha)
+        if best is None or best.frame_index != frame.index or (frame.original is None and evidence is None):
+            return  # the candidate is already its own cut
+        stage = self.stage if evidence is not None else None
+        band = MATTE_BAND
+        if frame.original is not None:
+            # The upscaled edge is as uncertain as the working size's pixels are large.
+            band = math.ceil(MATTE_BAND * frame.original.size[0] / frame.size[0])
+            frame, evidence = frame.original, None
+        product.final_cut = FinalCut(frame, mask, evidence, stage.resized(frame.size) if stage else None, band)
 
     def _matte(self, frame: Frame, mask: np.ndarray, evidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, Frame]:
         """The stage model's matte: (refined mask, soft alpha, the frame with decontaminated edge colour)."""
@@ -503,7 +545,7 @@ class ProductPipeline:
 
     def _end(self, frame_index: int, reason: str, events: list) -> None:
         product = self.product
-        self._matte_live_best(product)
+        self._prepare_final_cut(product)
         transient = product.frames < self.options.products.min_frames
         log.info("%s ended at frame %d: %s%s", product.product_id, frame_index, reason,
                  " (transient, ignored)" if transient else "")

@@ -46,6 +46,7 @@ class StageOptions:
 
 
 MIN_EMPTY_FRAMES = 2  # a noise estimate needs at least two frames
+MATTE_BAND = 2  # px each side of a mask's edge that matting may relabel
 
 
 class StageModel:
@@ -178,7 +179,7 @@ class StageModel:
         )
 
     def matte(self, image: np.ndarray, mask: np.ndarray, evidence: np.ndarray | None = None,
-              band: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              band: int = MATTE_BAND) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Refine a mask's edge to the 50 % coverage line using the known backdrop (difference matting).
 
         Edge pixels mix product colour F and backdrop B: I = a F + (1 - a) B, so
@@ -222,6 +223,20 @@ class StageModel:
         soft = np.where(solvable, alpha, mask.astype(np.float32)).astype(np.float32)
         colour = np.where(solvable[..., None], np.clip(fg, 0, 255), x).astype(np.uint8)
         return refined, soft, colour
+
+    def resized(self, size: tuple[int, int]) -> StageModel:
+        """This model for frames of (H, W) `size` (e.g. the source frames of a stream segmented at a working
+        size): the plate is resized bilinearly, which a smooth backdrop allows; the noise variance is scaled
+        by the ratio of pixel counts, as area-averaging n pixels of independent noise divides it by n."""
+        if self._mean is None:
+            raise RuntimeError("StageModel.resized before the empty stage was learnt")
+        h, w = size
+        area_ratio = (h * w) / (self._mean.shape[0] * self._mean.shape[1])
+        model = StageModel(self.options)
+        model._count, model._sealed = self._count, self._sealed
+        model._mean = cv2.resize(self._mean, (w, h), interpolation=cv2.INTER_LINEAR)
+        model._m2 = cv2.resize(self._m2, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(area_ratio)
+        return model
 
     def _noise(self) -> np.ndarray:
         if self._sigma is None:
