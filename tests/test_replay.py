@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -21,11 +20,11 @@ from turncrop.stream.live_sources import MonotonicClock, RealtimeSource
 from turncrop.stream.recording import RecordingError, SessionRecorder, open_session
 from turncrop.stream.replay import AS_LIVE, EVERY_FRAME, pack_mask, replay_session
 from turncrop.stream.runner import ProductSink, build_pipeline
-from turncrop.stream.sources import ImageFolderSource, open_source
+from turncrop.stream.sources import ImageFolderSource
 from turncrop.tracking.operator import OperatorCommand
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "recordings" / "mic_turntable" / "video.mp4"
+from data_paths import RECORDINGS, write_short_session
+
 BUNDLED = ["orbit_live", "two_products", "operator_clicks"]
 
 
@@ -43,13 +42,7 @@ def live_session(tmp_path_factory) -> dict:
     """A live run of 47 frames (every 3rd of the sample at 320x240, 10 fps), recorded losslessly, with the
     masks the live run made and its manifest."""
     root = tmp_path_factory.mktemp("live_record")
-    frames = root / "frames"
-    frames.mkdir()
-    with open_source(SAMPLE) as source:
-        for frame in source:
-            if frame.index % 3 == 0:
-                small = cv2.resize(frame.image, (320, 240), interpolation=cv2.INTER_AREA)
-                cv2.imwrite(str(frames / f"{frame.index // 3:03d}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    frames = write_short_session(root / "frames", size=(320, 240), step=3)
     masks: dict[int, np.ndarray] = {}
 
     def keep(result) -> None:
@@ -216,7 +209,7 @@ def _j(a: np.ndarray | None, b: np.ndarray) -> float:
 def test_bundled_sessions_are_small_and_attributed():
     total = 0
     for name in BUNDLED:
-        folder = REPO / "recordings" / name
+        folder = RECORDINGS / name
         session = open_session(folder)
         assert session.closed and not session.warnings
         assert "CC BY 3.0" in (folder / "README.md").read_text()
@@ -225,15 +218,15 @@ def test_bundled_sessions_are_small_and_attributed():
         assert len(session.frames) <= 90 and session.size == (360, 480)
         total += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert total < 10e6, total
-    assert open_session(REPO / "recordings" / "orbit_live").live
-    assert [e["command"]["kind"] for e in open_session(REPO / "recordings" / "operator_clicks").of_kind("command")] \
+    assert open_session(RECORDINGS / "orbit_live").live
+    assert [e["command"]["kind"] for e in open_session(RECORDINGS / "operator_clicks").of_kind("command")] \
         == ["box", "point"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_session_passes_its_golden_check(name, tmp_path, capsys):
-    folder = REPO / "recordings" / name
+    folder = RECORDINGS / name
     before = _tree_hash(folder)
     code = main(["replay", str(folder), "--check", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
@@ -247,7 +240,7 @@ def test_bundled_session_passes_its_golden_check(name, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_products_are_found_in_their_own_spans():
-    folder = REPO / "recordings" / "two_products"
+    folder = RECORDINGS / "two_products"
     golden = load_golden(folder)
     gt = _gt(folder, golden.size)
     on_stage = [i for i, m in sorted(gt.items()) if m.any()]
@@ -263,7 +256,7 @@ def test_two_products_are_found_in_their_own_spans():
 @pytest.mark.slow
 def test_operator_clicks_correct_the_mask(tmp_path):
     """The golden outputs with the clicks beat a replay of the same session without them."""
-    folder = REPO / "recordings" / "operator_clicks"
+    folder = RECORDINGS / "operator_clicks"
     session = open_session(folder)
     click = session.of_kind("command")[1]["frame"]
     golden = load_golden(folder)
@@ -300,13 +293,7 @@ def test_a_killed_live_recording_still_replays(live_session, tmp_path):
 
 
 def test_live_command_records_a_session(tmp_path, capsys):
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    with open_source(SAMPLE) as source:
-        for frame in source:
-            if frame.index % 10 == 0:
-                small = cv2.resize(frame.image, (240, 180), interpolation=cv2.INTER_AREA)
-                cv2.imwrite(str(frames / f"{frame.index:03d}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    frames = write_short_session(tmp_path / "frames", size=(240, 180), step=10)
     assert main(["live", str(frames), "--realtime", "--speed", "4", "--out", str(tmp_path / "out"), "--quiet",
                  "--backend", "graphcut", "--record", str(tmp_path / "session"), "--record-codec", "h264"]) == 0
     session = open_session(tmp_path / "session")

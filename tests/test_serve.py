@@ -42,8 +42,7 @@ def test_aiortc_client_session_end_to_end(tmp_path):
             await client.connect(http)
             session = app[STATE].sessions[client.session]
             await client.wait_for("hello", lambda: client.of_type("hello"), 20)
-            await client.wait_for("empty frames processed",
-                                  lambda: any(m["frames_processed"] >= 6 for m in client.of_type("stats")), 30)
+            await client.stage_learnt()
             camera.scene = "product"
             await client.wait_for("product_started", lambda: client.of_type("product_started"), 20)
             on_stage = await client.wait_for(
@@ -147,8 +146,7 @@ def test_vanished_peer_has_its_product_finished(tmp_path):
             client = Client(base, camera)
             await client.connect(http)
             session = app[STATE].sessions[client.session]
-            await client.wait_for("empty frames processed",
-                                  lambda: any(m["frames_processed"] >= 6 for m in client.of_type("stats")), 30)
+            await client.stage_learnt()
             camera.scene = "product"
             await client.wait_for("several frames of the product", lambda: len(client.masked_frames()) >= 6, 30)
             # Vanish: the client's sockets go away without DTLS/SCTP goodbyes (a crashed or unplugged peer).
@@ -181,8 +179,7 @@ def test_two_sessions_at_once_are_isolated_and_recorded(tmp_path):
             for client in clients:
                 await client.connect(http)
             for client in clients:
-                await client.wait_for("empty frames processed",
-                                      lambda c=client: any(m["frames_processed"] >= 6 for m in c.of_type("stats")), 40)
+                await client.stage_learnt(timeout=40)
             for camera in cameras:
                 camera.scene = "product"
             for client in clients:

@@ -151,6 +151,11 @@ class Client:
                                      f"messages: {[m['type'] for m in self.messages][-30:]}")
             await asyncio.sleep(0.05)
 
+    async def stage_learnt(self, timeout: float = 30) -> None:
+        """Wait until the server has processed enough frames of the empty stage to learn it."""
+        await self.wait_for("empty frames processed",
+                            lambda: any(m["frames_processed"] >= 6 for m in self.of_type("stats")), timeout)
+
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
