@@ -261,13 +261,13 @@ class LivePipeline:
                 if isinstance(self.source, PushSource):
                     self.source.close()  # its reader waits for frames that will not come now
                 await reader  # returns after the frame being read (a frame period at most)
+                self.stats.ended = time.monotonic()  # the stream's rates are over its frames, not the wrap-up
                 if reporter is not None:
                     reporter.cancel()
                 await self._finish_keyframes(frame_pool, encoder_pool)
                 self._export(self.pipeline.finish(self._last_index), export_pool)
                 await asyncio.gather(*self._exporting, return_exceptions=True)  # `_exported` logs failures
                 self.stats.frames_dropped = slot.dropped + self._upstream_dropped()
-                self.stats.ended = time.monotonic()
                 self.sink.summary.error = self.error
                 self.sink.write_manifest(self.stats.as_dict())
                 # Spawning (it pickles the segmenter) and joining the encoder process take up to seconds:
