@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import multiprocessing
+import os
 from concurrent.futures import Future, ProcessPoolExecutor
+
+import cv2
+import torch
 
 from turncrop.models.base import Embedding, Segmenter
 from turncrop.tracking.masktrack import Keyframe, KeyframeRequest, MaskResult, run_request
@@ -47,6 +51,12 @@ def _run(request: KeyframeRequest) -> tuple[Embedding, MaskResult, bool]:
 def _keep_segmenter(segmenter: Segmenter) -> None:
     global _segmenter
     _segmenter = segmenter
+    # One CPU stays with the frame path: an encoder using them all delays every frame behind it.
+    threads = max(1, len(os.sched_getaffinity(0)) - 1)
+    cv2.setNumThreads(threads)
+    torch.set_num_threads(threads)
+    if hasattr(segmenter, "num_threads"):
+        segmenter.num_threads = threads
 
 
 def _started() -> bool:
