@@ -545,8 +545,9 @@ class ProductPipeline:
 
     def _end(self, frame_index: int, reason: str, events: list) -> None:
         product = self.product
-        self._prepare_final_cut(product)
         transient = product.frames < self.options.products.min_frames
+        if not transient:
+            self._prepare_final_cut(product)
         log.info("%s ended at frame %d: %s%s", product.product_id, frame_index, reason,
                  " (transient, ignored)" if transient else "")
         events.append(ProductEnded(product, frame_index, reason, transient))
