@@ -461,6 +461,8 @@ def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, config: Config,
         notify(progress)
 
         def on_frames(index: int, frames: int) -> None:
+            if index in results:
+                return  # a job's count can arrive after its result (another channel): counted with it
             progress.frames_running[index] = frames
             notify(progress)
 

@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 
 from data_paths import REPO, require_data
+from turncrop.stream import batch
 from turncrop.stream.batch import (
     BatchInput,
+    JobResult,
     clean_partial,
     content_digest,
     discover_inputs,
@@ -247,6 +249,23 @@ def local_batch(inputs, config, tmp_path_factory):
     report = run_batch([inputs["captures"], inputs["broken"]], out, config, workers=2,
                        on_progress=lambda p: seen.append((p.finished, p.failed, p.frames)))
     return out, report, seen
+
+
+def test_a_job_count_arriving_after_its_result_is_not_counted_again(inputs, config, tmp_path, monkeypatch):
+    """Worker processes report frame counts on a queue and results on the pool: a job's last count can
+    arrive after its result. Seen in a run as 128 frames for 3 x 32."""
+
+    def late_counting_runner(jobs, todo, workers, on_frames):
+        for index in todo:
+            on_frames(index, 10)
+            yield index, JobResult(str(jobs[index].input.path), jobs[index].input.kind, jobs[index].key,
+                                   jobs[index].out.name, "done", frames=32)
+            on_frames(index, 32)  # drained after the result was taken
+
+    monkeypatch.setattr(batch, "_run_local", late_counting_runner)
+    seen = []
+    run_batch([inputs["a"], inputs["b"]], tmp_path, config, on_progress=lambda p: seen.append((p.finished, p.frames)))
+    assert seen[-1] == (2, 64)
 
 
 def test_local_batch_equals_one_by_one_and_reports_the_broken_input(local_batch, one_by_one, inputs):
