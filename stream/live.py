@@ -432,18 +432,21 @@ class LivePipeline:
 
 
 def install_signal_handlers(live: LivePipeline) -> Callable[[], None]:
-    """Make SIGINT and SIGTERM stop `live` cleanly; returns a function that removes the handlers.
+    """Make SIGINT and SIGTERM stop `live` cleanly; returns a function that removes the handlers and puts
+    back the ones the program had (asyncio alone would leave Python's defaults).
 
     Must be called from the thread running the event loop (the main thread).
     """
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
         loop.add_signal_handler(sig, live.stop)
 
     def remove() -> None:
-        for sig in signals:
+        for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
 
     return remove
 
