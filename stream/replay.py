@@ -6,8 +6,8 @@ Two modes:
                processed (its drops are skipped), applies each operator command before the frame it was
                applied to, and runs each deferred keyframe encode synchronously: encoded where the live run
                took the request (or skipped where it found the encoder busy) and installed before the frame
-               where the live run installed it (or as the stream ended). Any place where the replay's pipeline does not ask for the
-               keyframe the live run asked for is reported in `divergences`.
+               where the live run installed it (or as the stream ended). Any place where the replay's
+               pipeline does not ask for the keyframe the live run asked for is reported in `divergences`.
   every frame  processes all recorded frames with keyframes encoded in place, commands as recorded.
 
     report = replay_session("recordings/orbit", "out/orbit")

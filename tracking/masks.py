@@ -19,6 +19,8 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A (H, W) bool mask resized to (H', W') `size`: its coverage interpolated bilinearly and cut at one half,
-    so an upscaled edge is smooth rather than stepped."""
+    so an upscaled edge is smooth rather than stepped. A mask already of that size is returned as it is."""
     h, w = size
+    if np.shape(mask) == (h, w):
+        return mask
     return cv2.resize(np.asarray(mask, np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5

@@ -139,8 +139,7 @@ class Product:
             return
         frame, mask, alpha = cut.frame, resize_mask(cut.mask, cut.frame.size), None
         if cut.stage is not None:
-            mask, alpha, colour = cut.stage.matte(frame.image, mask, cut.evidence, band=cut.band)
-            frame = dataclasses.replace(frame, image=colour)
+            mask, alpha, frame = _matte(cut.stage, frame, mask, cut.evidence, cut.band)
         self.pool.refine(frame, mask, alpha)
 
     @property
@@ -462,7 +461,7 @@ class ProductPipeline:
         # Live streams show carried masks but take stills only from decoded ones (`install_keyframe`).
         live = self.masks.defer_keyframes
         if evidence is not None and mask.any() and not live:
-            mask, alpha, still_frame = self._matte(frame, mask, evidence)
+            mask, alpha, still_frame = _matte(self.stage, frame, mask, evidence)
         product.frames += 1
         product.last_frame, product.last_timestamp = frame.index, frame.timestamp
         if result.keyframe:
@@ -526,11 +525,6 @@ class ProductPipeline:
             frame, evidence = frame.original, None
         product.final_cut = FinalCut(frame, mask, evidence, stage.resized(frame.size) if stage else None, band)
 
-    def _matte(self, frame: Frame, mask: np.ndarray, evidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, Frame]:
-        """The stage model's matte: (refined mask, soft alpha, the frame with decontaminated edge colour)."""
-        mask, alpha, colour = self.stage.matte(frame.image, mask, evidence)
-        return mask, alpha, dataclasses.replace(frame, image=colour)
-
     # -- product life ------------------------------------------------------------------------------------
 
     def _begin(self, frame: Frame, events: list) -> None:
@@ -556,6 +550,13 @@ class ProductPipeline:
         self.product = None
         self.masks.reset()
         self.boxes.reset()
+
+
+def _matte(stage: StageModel, frame: Frame, mask: np.ndarray, evidence: np.ndarray | None,
+           band: int = MATTE_BAND) -> tuple[np.ndarray, np.ndarray, Frame]:
+    """The stage model's matte: (refined mask, soft alpha, the frame with decontaminated edge colour)."""
+    mask, alpha, colour = stage.matte(frame.image, mask, evidence, band=band)
+    return mask, alpha, dataclasses.replace(frame, image=colour)
 
 
 def _first_id(tracked: sv.Detections) -> int | None:
