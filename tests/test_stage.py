@@ -289,13 +289,45 @@ def test_matte_keeps_labels_where_the_product_looks_like_the_backdrop(stage, rng
 # -- adaptation -------------------------------------------------------------------------------------------
 
 
-def test_adapt_follows_lighting_drift_between_products(rng):
+def test_adapt_follows_local_lighting_drift_between_products(rng):
+    # A lamp brightening one patch is no camera gain (no smooth field explains it): adaptation must learn it.
     stage = _learnt(rng, adapt_rate=0.2)
-    brighter = np.minimum(BACKDROP * 1.1, 255)  # lights came up ~20 levels
-    assert stage.foreground(_shot(brighter, rng)).mean() > 0.5
+    h, w = BACKDROP.shape[:2]
+    y, x = np.mgrid[0:h, 0:w]
+    patch = 24 * np.exp(-(((x - 100) / 25.0) ** 2 + ((y - 80) / 20.0) ** 2))
+    brighter = np.minimum(BACKDROP + patch[..., None], 255)
+    assert stage.foreground(_shot(brighter, rng)).mean() > 0.02
     for _ in range(20):
         stage.adapt(_shot(brighter, rng))
     assert not stage.foreground(_shot(brighter, rng)).any()
+
+
+@pytest.mark.parametrize("gains", [(1.2, 1.2, 1.2), (0.8, 0.8, 0.8), (1.08, 1.0, 0.92), (1.15, 1.12, 1.05)])
+def test_camera_exposure_and_white_balance_are_not_foreground(rng, gains):
+    stage = _learnt(rng)
+    h, w = BACKDROP.shape[:2]
+    product = _disc(100, 80, 30)
+    frame = np.minimum(BACKDROP * np.float32(gains), 255)
+    frame[product] = (40, 45, 50)  # a dark product drives auto-exposure: it must not bias the gain fit
+    fg = stage.foreground(_shot(frame, rng))
+    assert fg[~_disc(100, 80, 34)].mean() < 0.002, gains
+    assert fg[_disc(100, 80, 26)].mean() > 0.99, gains
+
+
+@pytest.mark.parametrize("shift", [(1.5, 0.0), (-1.2, 1.3), (0.4, -0.7)])
+def test_camera_shake_is_registered_against_the_plate(rng, shift):
+    # A backdrop with edges (a platter's rim, seams): unregistered, a pixel of shake lights up every edge.
+    h, w = BACKDROP.shape[:2]
+    y, x = np.mgrid[0:h, 0:w]
+    edged = BACKDROP.copy()
+    edged[((x // 25) + (y // 20)) % 2 == 0] *= 0.8
+    edged = cv2.GaussianBlur(edged, (0, 0), 0.8)
+    stage = StageModel(StageOptions(warmup_frames=8))
+    for _ in range(8):
+        stage.learn_empty(_shot(edged, rng))
+    m = np.float32([[1, 0, shift[0]], [0, 1, shift[1]]])
+    moved = cv2.warpAffine(edged, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    assert stage.foreground(_shot(moved, rng))[4:-4, 4:-4].mean() < 0.002
 
 
 def test_adapt_before_warmup_is_a_no_op(rng):

@@ -8,6 +8,10 @@ changing its hue (Horprasert et al., 1999: brightness vs. chromaticity distortio
 grey sweep darkens the backdrop just like a shadow does; what tells them apart is texture: a soft shadow
 scales the backdrop smoothly, a product's surface does not. So the shadow explanation is only granted
 where the brightness ratio is locally smooth.
+
+A real rig also shakes and re-exposes: every frame is compared with the plate as `tracking/plate.py` fits it
+to that frame (shifted, and rescaled by a smooth per-channel gain), and where the plate has edges (a platter's
+rim, a seam) the residual a sub-pixel misregistration leaves is part of the noise.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from turncrop.tracking.plate import PlateFit, fit_plate
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,12 @@ class StageOptions:
     shadow_cost: float = 2.0  # residual (noise std) charged for the deepest allowed shadow
     shadow_texture: float = 1.0  # residual charged per noise std of brightness-ratio texture
     shadow_doubt: float = 4.0  # strongest background log-odds a shadow-like pixel gets
+    surface_texture: float = 2.0  # residual (noise std) charged per noise std of detail the plate lacks
+    texture_noise: float = 1.5  # detail (noise std) that sensor and compression noise alone give
     min_area: float = 0.002  # smallest product, as a fraction of the frame
     adapt_rate: float = 0.02  # how fast backdrop pixels far from the product follow lighting drift
+    max_shift: float = 4.0  # largest camera shake (px) registered against the plate; 0 = a rigid camera
+    registration_px: float = 0.5  # misregistration (px) left after that: plate edges get its residual as noise
 
     def __post_init__(self) -> None:
         if self.warmup_frames < 1:
@@ -40,7 +50,11 @@ class StageOptions:
             raise ValueError(f"stage.shadow_min must be in (0, 1), got {self.shadow_min}")
         if not 0.0 <= self.adapt_rate < 1.0:
             raise ValueError(f"stage.adapt_rate must be in [0, 1), got {self.adapt_rate}")
-        for name in ("noise_floor", "threshold", "evidence_scale", "evidence_clip", "min_area", "shadow_doubt"):
+        for name in ("max_shift", "registration_px"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"stage.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("noise_floor", "threshold", "evidence_scale", "evidence_clip", "min_area", "shadow_doubt",
+                     "surface_texture", "texture_noise"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"stage.{name} must be > 0, got {getattr(self, name)}")
 
@@ -61,7 +75,10 @@ class StageModel:
         self._mean: np.ndarray | None = None  # (H, W, 3) float32
         self._m2: np.ndarray | None = None  # (H, W, 3) float32, sum of squared deviations
         self._sigma: np.ndarray | None = None  # (H, W) float32, noise std per pixel
+        self._edges: np.ndarray | None = None  # (H, W) float32, plate gradient magnitude (levels per px)
         self._sealed = False
+        self._outliers: np.ndarray | None = None  # (H, W) bool, the last frame's foreground, grown
+        self._fits: list[tuple[np.ndarray, PlateFit]] = []  # the fits of the last frames seen (kept alive)
 
     @property
     def ready(self) -> bool:
@@ -85,11 +102,13 @@ class StageModel:
         x = image.astype(np.float32)
         if self._mean is None or self._mean.shape != x.shape:
             self._count, self._mean, self._m2 = 0, np.zeros_like(x), np.zeros_like(x)
+        elif self._count >= MIN_EMPTY_FRAMES:
+            x = self._to_plate(x, self._fit(image))  # learn the stage, not the camera's shake and exposure
         self._count += 1
         delta = x - self._mean
         self._mean += delta / self._count
         self._m2 += delta * (x - self._mean)
-        self._sigma = None
+        self._sigma = self._edges = None
 
     def adapt(self, image: np.ndarray) -> None:
         """Follow slow lighting drift with a frame known to show the empty stage.
@@ -98,7 +117,9 @@ class StageModel:
         """
         if not self.ready:
             return
-        self._mean += self.options.adapt_rate * (image.astype(np.float32) - self._mean)
+        x = self._to_plate(image.astype(np.float32), self._fit(image))
+        self._mean += self.options.adapt_rate * (x - self._mean)
+        self._outliers = None
 
     def log_odds(self, image: np.ndarray) -> np.ndarray:
         """(H, W) float32 log-odds that each pixel is not backdrop (positive = product)."""
@@ -110,8 +131,8 @@ class StageModel:
         o = self.options
         if image.shape != self._mean.shape:
             raise ValueError(f"frame size {image.shape[:2]} differs from the stage's {self._mean.shape[:2]}")
-        sigma = self._noise()
-        xb, xx, bb_raw = self._dot_products(image.astype(np.float32))
+        plate, sigma = self._plate_for(image)
+        xb, xx, bb_raw = self._dot_products(image.astype(np.float32), plate)
         bb = np.maximum(bb_raw, 1.0)
         # Brightness ratio that best explains x as a scaled backdrop; only shading below 1 is a shadow.
         raw_ratio = xb / bb
@@ -120,27 +141,62 @@ class StageModel:
         plain = np.sqrt(np.maximum(xx - 2.0 * xb + bb_raw, 0.0)) / sigma
         shaded = np.sqrt(np.maximum(xx - 2.0 * ratio * xb + ratio * ratio * bb_raw, 0.0)) / sigma
         # Texture: fine-scale (high-pass) energy of the brightness ratio, in noise units of this pixel's
-        # backdrop. A penumbra is a smooth ramp without detail; a mesh or a print has plenty. The ratio
-        # is clipped to the shadow range so a dark cable lying in its own contact shadow does not count
-        # as detail of the shadow. A sharp contact-shadow edge still has some: that is why it is charged
-        # at one noise std per std of detail and no more.
-        clipped = np.clip(raw_ratio, o.shadow_min, 1.0)
-        detail = clipped - cv2.GaussianBlur(clipped, (0, 0), 1.0)
-        texture = np.sqrt(cv2.blur(detail * detail, (3, 3))) * np.sqrt(bb) / sigma
-        shaded += o.shadow_cost * (1.0 - ratio) / (1.0 - o.shadow_min) + o.shadow_texture * texture
+        # backdrop. A penumbra is a smooth ramp without detail; a mesh or a print has plenty. For the shadow
+        # explanation the ratio is clipped to the shadow range so a dark cable lying in its own contact shadow
+        # does not count as detail of the shadow. A sharp contact-shadow edge still has some: that is why it
+        # is charged at one noise std per std of detail and no more.
+        shaded += o.shadow_cost * (1.0 - ratio) / (1.0 - o.shadow_min) + o.shadow_texture * _detail(ratio, bb, sigma)
+        # Detail the plate does not have is surface, not backdrop, whatever its colour: what tells a white
+        # product on a white sweep or a black one on velvet from the paper (noise alone gives about 1). Only
+        # detail all around a pixel counts: one edge (a silhouette, a shadow's rim) spills detail onto both
+        # of its sides, a surface texture fills the neighbourhood.
+        surface = cv2.erode(_detail(np.clip(raw_ratio, 0.0, 2.0), bb, sigma), np.ones((5, 5), np.uint8))
+        surface = np.maximum(surface - o.texture_noise, 0.0)
+        plain = np.sqrt(plain * plain + (o.surface_texture * surface) ** 2)
         # Only the backdrop itself is sure background. A shadow could as well be a smooth grey product:
         # that explanation leaves a doubt, which the segmenter's colour models and edges settle.
         as_backdrop = o.evidence_scale * (plain - o.threshold)
         as_shadow = np.maximum(o.evidence_scale * (shaded - o.threshold), -o.shadow_doubt)
-        evidence = np.minimum(as_backdrop, as_shadow)
-        return np.clip(evidence, -o.evidence_clip, o.evidence_clip).astype(np.float32)
+        evidence = np.clip(np.minimum(as_backdrop, as_shadow), -o.evidence_clip, o.evidence_clip).astype(np.float32)
+        grown = cv2.dilate((evidence > 0).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3)
+        self._outliers = grown.astype(bool)
+        return evidence
 
-    def _dot_products(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _fit(self, image: np.ndarray) -> PlateFit:
+        """This frame's plate fit (`tracking/plate.py`), computed once per frame."""
+        for seen, fit in self._fits:
+            if seen is image:
+                return fit
+        previous = self._fits[-1][1].shift if self._fits else (0.0, 0.0)
+        outliers = self._outliers if self._outliers is not None and self._outliers.shape == image.shape[:2] else None
+        fit = fit_plate(image, self._mean, outliers, max_shift=self.options.max_shift, initial=previous)
+        self._fits = [*self._fits[-1:], (image, fit)]
+        return fit
+
+    def _to_plate(self, x: np.ndarray, fit: PlateFit) -> np.ndarray:
+        """A frame brought back to the plate's position and exposure (the inverse of `PlateFit.apply`)."""
+        gain = fit.gain_field(x.shape[:2])
+        if gain is not None:
+            x = x / gain
+        return x if not fit.moved else PlateFit(shift=(-fit.shift[0], -fit.shift[1])).apply(x)
+
+    def _plate_for(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The plate as this frame sees it, (H, W, 3) float32, and its noise std (H, W) float32: the sensor's,
+        plus what the registration's remaining error leaves on the plate's edges."""
+        fit = self._fit(image)
+        sigma = self._noise()
+        edges = self._edges
+        if fit.moved:
+            sigma, edges = PlateFit(shift=fit.shift).apply(np.dstack([sigma, edges])).transpose(2, 0, 1)
+        sigma = np.sqrt(sigma * sigma + (self.options.registration_px * edges) ** 2)
+        return np.minimum(fit.apply(self._mean), 255.0), sigma
+
+    def _dot_products(self, x: np.ndarray, plate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per pixel x.b, x.x and b.b of the (H, W, 3) float32 image `x` and the backdrop b, each (H, W).
 
         Computed on per-channel planes: numpy's sums over a trailing axis of 3 are several times slower.
         """
-        xs, bs = cv2.split(x), cv2.split(self._mean)
+        xs, bs = cv2.split(x), cv2.split(plate)
         return (xs[0] * bs[0] + xs[1] * bs[1] + xs[2] * bs[2],
                 xs[0] * xs[0] + xs[1] * xs[1] + xs[2] * xs[2],
                 bs[0] * bs[0] + bs[1] * bs[1] + bs[2] * bs[2])
@@ -197,6 +253,7 @@ class StageModel:
         """
         if evidence is None:
             evidence = self.log_odds(image)
+        plate, sigma = self._plate_for(image)
         m = mask.astype(np.uint8)
         kernel = np.ones((3, 3), np.uint8)
         # Only the outer outline is matted: holes inside the mask (a grille's mesh) keep their label.
@@ -210,15 +267,15 @@ class StageModel:
         fg = cv2.blur(x * core[..., None], (9, 9)) / np.maximum(weight, 1e-6)[..., None]
         # Local shading of the backdrop, from pixels just outside the rim.
         outside = (cv2.dilate(filled, kernel, iterations=band + 1) == 0).astype(np.float32)
-        xb, _, bb_raw = self._dot_products(x)
+        xb, _, bb_raw = self._dot_products(x, plate)
         ratio = xb / np.maximum(bb_raw, 1.0)
         near = cv2.blur(outside, (9, 9))
         shade = np.where(near > 0.01, cv2.blur(ratio * outside, (9, 9)) / np.maximum(near, 1e-6), 1.0)
-        b = self._mean * np.minimum(shade, 1.0)[..., None]
+        b = plate * np.minimum(shade, 1.0)[..., None]
         d = fg - b
         dd = (d * d).sum(-1)
         alpha = np.clip(((x - b) * d).sum(-1) / np.maximum(dd, 1e-6), 0.0, 1.0)
-        solvable = rim & (weight > 0.01) & (np.sqrt(dd) > 4.0 * self._noise())
+        solvable = rim & (weight > 0.01) & (np.sqrt(dd) > 4.0 * sigma)
         refined = np.where(solvable, alpha >= 0.5, mask)
         soft = np.where(solvable, alpha, mask.astype(np.float32)).astype(np.float32)
         colour = np.where(solvable[..., None], np.clip(fg, 0, 255), x).astype(np.uint8)
@@ -244,7 +301,15 @@ class StageModel:
             # Few frames give a noisy variance: pool it over a neighbourhood, never below the floor.
             sigma = np.sqrt(cv2.blur(var, (15, 15)))
             self._sigma = np.maximum(sigma, self.options.noise_floor).astype(np.float32)
+            gx, gy = cv2.Sobel(self._mean, cv2.CV_32F, 1, 0) / 8, cv2.Sobel(self._mean, cv2.CV_32F, 0, 1) / 8
+            self._edges = np.sqrt((gx * gx + gy * gy).sum(-1)).astype(np.float32)
         return self._sigma
+
+
+def _detail(ratio: np.ndarray, bb: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """(H, W) local high-pass energy of a brightness ratio, in noise std of the backdrop at each pixel."""
+    detail = ratio - cv2.GaussianBlur(ratio, (0, 0), 1.0)
+    return np.sqrt(cv2.blur(detail * detail, (3, 3))) * np.sqrt(bb) / sigma
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
