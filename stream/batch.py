@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -30,7 +29,6 @@ import re
 import shutil
 import signal
 import time
-import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -42,13 +40,14 @@ from turncrop.models.registry import resolve_backend
 from turncrop.models.weights import resolve_checkpoint, sha256_file
 from turncrop.stream.config import Config
 from turncrop.stream.export import atomic_write_bytes
+from turncrop.stream.lifetime import die_with_parent, exclusive_then_shared, hold_shared
+from turncrop.stream.outputs import clean_partial, partial_path, replace_folder
 from turncrop.stream.sources import IMAGE_SUFFIXES, SourceError, natural_key
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov"})
-DONE, FAILED, SUMMARY, HASHES = "done.json", "failed.json", "batch.json", ".hashes.json"
-_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{8}$")
+DONE, FAILED, SUMMARY, HASHES, LOCK = "done.json", "failed.json", "batch.json", ".hashes.json", ".batch.lock"
 
 
 @dataclass(frozen=True)
@@ -303,7 +302,7 @@ def process(job: Job, segmenter: Segmenter | None = None,
     `failed.json` instead of `done.json`), so the next run retries it. On KeyboardInterrupt the hidden
     folder is removed and the interrupt goes on.
     """
-    tmp = job.out.with_name(f".{job.out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = partial_path(job.out)
     result = JobResult(str(job.input.path), job.input.kind, job.key, job.out.name, "done")
     started = time.perf_counter()
     count = _FrameCounter(on_frames)
@@ -365,16 +364,7 @@ def _commit(tmp: Path, out: Path, result: JobResult) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     marker = DONE if result.status == "done" else FAILED
     atomic_write_bytes(tmp / marker, json.dumps(result.as_dict(), indent=2).encode())
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # the two renames go together
-    try:
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, out)
 
 
 def read_done(out: Path) -> dict | None:
@@ -383,25 +373,6 @@ def read_done(out: Path) -> dict | None:
         return json.loads((out / DONE).read_text())
     except (OSError, ValueError):
         return None
-
-
-def clean_partial(out_dir: Path) -> list[str]:
-    """Remove what interrupted jobs left in `out_dir` (hidden .tmp folders); returns their names.
-
-    An `.old` folder whose replacement never arrived is put back; otherwise it is removed.
-    """
-    removed = []
-    for path in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
-        m = _PARTIAL.match(path.name)
-        if m is None or not path.is_dir():
-            continue
-        final = out_dir / m["name"]
-        if m["kind"] == "old" and not final.exists():
-            path.rename(final)
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path.name)
-    return removed
 
 
 # -- the batch -------------------------------------------------------------------------------------------
@@ -442,7 +413,9 @@ def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, config: Config,
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
+    busy = (f"another turncrop batch is writing to {out}, or the workers of one that was killed have not "
+            "exited yet")
+    with exclusive_then_shared(out / LOCK, busy) as share:  # the workers share it: see `lifetime`
         for name in clean_partial(out):
             log.warning("removed %s, left by an interrupted job", name)
         jobs = plan_jobs(inputs, out, config)
@@ -467,6 +440,7 @@ def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, config: Config,
             notify(progress)
 
         interrupted = False
+        share()
         try:
             if todo:
                 runner = _run_local if ray_address is None else _run_ray
@@ -492,27 +466,19 @@ def _skipped(job: Job, done: dict) -> JobResult:
                      frames=done.get("frames", 0), seconds=done.get("seconds", 0.0), products=done.get("products", []))
 
 
-@contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """One batch at a time per output folder (a second one would take the first's jobs for leftovers)."""
-    with open(out / ".batch.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another turncrop batch is writing to {out}") from None
-        yield
-
-
 # -- local processes ---------------------------------------------------------------------------------------
 
 
 _queue: Any = None
 
 
-def _init_worker(threads: int, queue: Any) -> None:
-    """Each worker: its share of the cores; Ctrl-C is the parent's to handle (it stops the workers)."""
+def _init_worker(threads: int, queue: Any, driver: int, lock: Path) -> None:
+    """Each worker: its share of the cores; Ctrl-C is the parent's to handle (it stops the workers). It
+    dies with its driver and holds the batch lock while it lives."""
     global _queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(driver)
+    hold_shared(lock)
     import cv2
     import torch
 
@@ -558,7 +524,7 @@ def _run_local(jobs: list[Job], todo: list[int], workers: int | None,
     while todo:
         n = min(workers or cores, len(todo))
         pool = ProcessPoolExecutor(n, mp_context=context, initializer=_init_worker,
-                                   initargs=(max(1, cores // n), queue))
+                                   initargs=(max(1, cores // n), queue, os.getpid(), jobs[0].out.parent / LOCK))
         retry: list[int] = []
         try:
             futures = {pool.submit(_local_job, jobs[i], i): i for i in todo}

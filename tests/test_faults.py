@@ -1,0 +1,154 @@
+"""Nothing lost, nothing mixed: what `run` and `batch` leave behind under faults and bad arguments.
+
+One section per defect of issue 11. The sources are the bundled session cut down to 240 x 180 px: `short`
+(every 4th frame, 35 frames, the product from frame 5 until it leaves) and `long` (every 2nd frame, 70).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from data_paths import SAMPLE
+
+from turncrop.models.weights import WeightsError, read_state_dict
+from turncrop.stream.cli import main
+from turncrop.stream.config import ConfigError, load_config
+from turncrop.stream.outputs import OutputError, clean_partial
+from turncrop.stream.runner import run, segment
+from turncrop.stream.sources import FrameSource, SourceError, open_source
+from turncrop.tracking.frame import Frame
+from turncrop.tracking.products import ProductEnded
+
+SIZE = (240, 180)  # W, H
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("faults")
+    folders = {"short": (root / "short", 4), "long": (root / "long", 2)}
+    for folder, _ in folders.values():
+        folder.mkdir()
+    with open_source(SAMPLE) as source:
+        for frame in source:
+            small = cv2.cvtColor(cv2.resize(frame.image, SIZE, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+            for folder, step in folders.values():
+                if frame.index % step == 0:
+                    cv2.imwrite(str(folder / f"{frame.index // step:03d}.png"), small)
+    return {name: folder for name, (folder, _) in folders.items()}
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(None, {"backend": "graphcut"})
+
+
+@pytest.fixture(scope="module")
+def short_run(sources, config, tmp_path_factory) -> dict:
+    """A clean run of `short`: its manifest, files and the frame whose result ends the product."""
+    out = tmp_path_factory.mktemp("short_run") / "out"
+    ended = []
+
+    def on_frame(result) -> None:
+        ended.extend(result.frame.index for e in result.events if isinstance(e, ProductEnded) and not e.transient)
+
+    summary = run(sources["short"], out, config, on_frame=on_frame)
+    assert summary.error is None and len(ended) == 1 and ended[0] < summary.frames - 1
+    return {"out": out, "ended_at": ended[0], "files": sorted(p.name for p in out.iterdir())}
+
+
+def _copy(folder: Path, dest: Path) -> Path:
+    shutil.copytree(folder, dest)
+    return dest
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "turncrop.stream.cli", *args]
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _products(out: Path) -> list[str]:
+    return [p["product_id"] for p in _manifest(out)["products"]]
+
+
+# -- 4. batch workers and the batch lock ------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker process through /proc")
+def test_batch_workers_die_with_a_killed_driver_and_commit_nothing(sources, tmp_path):
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-c", (
+        "from turncrop.stream.batch import run_batch\nfrom turncrop.stream.config import load_config\n"
+        f"run_batch([{str(sources['long'])!r}], {str(out)!r}, load_config(None, {{'backend': 'graphcut'}}), "
+        "workers=1)")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(".tmp-" in p.name for p in out.iterdir())):  # its job is running
+            assert driver.poll() is None and time.monotonic() < deadline, "the batch job never started"
+            time.sleep(0.05)
+        workers = _children(driver.pid)
+        assert len(workers) == 1
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 10
+    while _alive(workers[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(workers[0]), "the worker outlived its driver"
+    assert not [p.name for p in out.iterdir() if not p.name.startswith(".")]  # no output renamed into place
+    assert len(clean_partial(out)) == 1  # the dead job's hidden folder is a leftover the next batch removes
+
+
+def test_the_batch_lock_excludes_a_second_driver_while_a_worker_of_the_first_lives(sources, config, tmp_path):
+    from turncrop.stream.batch import run_batch
+
+    out = tmp_path / "out"
+    out.mkdir()
+    orphan = subprocess.Popen([sys.executable, "-c", (  # holds the lock as a worker of a killed driver would
+        "import sys, time\nfrom pathlib import Path\nfrom turncrop.stream.lifetime import hold_shared\n"
+        f"hold_shared(Path({str(out / '.batch.lock')!r}))\nprint('holding', flush=True)\ntime.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert orphan.stdout.readline().strip() == "holding"
+        with pytest.raises(RuntimeError, match="workers of one that was killed"):
+            run_batch([sources["short"]], out, config)
+    finally:
+        orphan.kill()
+        orphan.wait()
