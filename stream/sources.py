@@ -26,6 +26,7 @@ from turncrop.tracking.frame import Frame
 __all__ = [
     "DEFAULT_FPS",
     "IMAGE_SUFFIXES",
+    "MIN_FRAME_SIDE",
     "FrameSource",
     "ImageFolderSource",
     "SourceError",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 DEFAULT_FPS = 30.0
+# Frames smaller than this on a side cannot be processed: OpenCV's DIS optical flow fails on them, or
+# crashes the process (seen from 1 px up to 28 px high), and they could not give a usable still.
+MIN_FRAME_SIDE = 32
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
@@ -124,7 +128,8 @@ class VideoFileSource(FrameSource):
           fps: rate to use when the container reports none (default 30); a reported rate wins.
 
         Raises:
-          SourceError: missing, empty, not a video, no video stream, no decodable frame.
+          SourceError: missing, empty, not a video, no video stream, no decodable frame, frames under
+            MIN_FRAME_SIDE px.
         """
         self.path = Path(path)
         name = str(path)
@@ -139,6 +144,7 @@ class VideoFileSource(FrameSource):
         finally:
             container.close()
         size = (first.width, first.height) if _quarter_turns(first.rotation) % 2 else (first.height, first.width)
+        _check_frame_size(name, size)
         super().__init__(name, nominal, count, size)
         self._open_containers: set[av.container.InputContainer] = set()
 
@@ -241,7 +247,7 @@ class ImageFolderSource(FrameSource):
           fps: the frame rate to time-stamp with (default 30).
 
         Raises:
-          SourceError: missing, not a folder, no images, first image unreadable.
+          SourceError: missing, not a folder, no images, first image unreadable or under MIN_FRAME_SIDE px.
           ValueError: fps <= 0.
         """
         self.folder = Path(folder)
@@ -265,6 +271,7 @@ class ImageFolderSource(FrameSource):
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
             raise SourceError(f"{name}: folder has no images ({suffixes})")
         first = self._read(self.files[0], 0, name)
+        _check_frame_size(f"{name}/{self.files[0].name}", first.shape[:2])
         super().__init__(name, float(fps or DEFAULT_FPS), len(self.files), first.shape[:2])
 
     @staticmethod
@@ -294,6 +301,12 @@ def _quarter_turns(rotation: float) -> int:
     return round(rotation / 90) % 4
 
 
+def _check_frame_size(name: str, size: tuple[int, int]) -> None:
+    if min(size) < MIN_FRAME_SIDE:
+        raise SourceError(f"{name}: frames are {size[1]}x{size[0]} px (W x H); turncrop needs at least "
+                          f"{MIN_FRAME_SIDE} px on each side")
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
@@ -313,7 +326,8 @@ def open_source(path: str | Path, fps: float | None = None) -> FrameSource:
         the container reports no rate.
 
     Raises:
-      SourceError: the path is missing, a single image, empty, not a video, corrupt, or has no frames.
+      SourceError: the path is missing, a single image, empty, not a video, corrupt, has no frames, or its
+        frames are under MIN_FRAME_SIDE px.
       ValueError: fps <= 0.
     """
     if fps is not None and not fps > 0:

@@ -152,3 +152,18 @@ def test_the_batch_lock_excludes_a_second_driver_while_a_worker_of_the_first_liv
     finally:
         orphan.kill()
         orphan.wait()
+
+
+# -- 6. frames too small for optical flow -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("w, h", [(1, 1), (200, 16)])
+def test_frames_too_small_for_optical_flow_are_refused_by_the_source(tmp_path, capsys, w, h):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        cv2.imwrite(str(frames / f"{i}.png"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    assert main(["run", str(frames), "--out", str(tmp_path / "out"), "--backend", "graphcut"]) == 2
+    err = capsys.readouterr().err
+    assert f"frames are {w}x{h} px" in err and "at least 32 px" in err and "0.png" in err
