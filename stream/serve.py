@@ -77,8 +77,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, token: str | None) -> None:
-    """Listening beyond this machine needs a token (ValueError otherwise)."""
+def check_bind(host: str, token: str | None, port: int = 8080) -> None:
+    """A TCP port, and a token for listening beyond this machine (ValueError otherwise)."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"serve: --port must be a TCP port, 0 to 65535, got {port}")
     if not is_loopback(host) and not token:
         raise ValueError(f"serve: listening on {host} (not a loopback address) needs --token; "
                          f"every request must then carry it (?token=... or the {TOKEN_HEADER} header)")
@@ -566,7 +568,10 @@ async def _file(request: web.Request) -> web.FileResponse:
     session = _session(request)
     root = session.out.resolve()
     relative = request.match_info["path"]
-    target = (root / relative).resolve()  # follows symlinks: a link out of the folder is refused too
+    try:
+        target = (root / relative).resolve()  # follows symlinks: a link out of the folder is refused too
+    except (ValueError, OSError):  # a NUL byte, a name too long: no file has that name
+        raise web.HTTPNotFound(text="no such file in this session\n") from None
     if not target.is_relative_to(root) or target == root:
         raise web.HTTPForbidden(text="outside this session's output folder\n")
     if not target.is_file():
@@ -582,7 +587,7 @@ async def _close_sessions(app: web.Application) -> None:
 def serve(out_dir: str | Path, config: Config, *, host: str = "127.0.0.1", port: int = 8080,
           token: str | None = None, record: str | Path | None = None, record_codec: str = "ffv1") -> None:
     """Run the server until SIGINT/SIGTERM; sessions still open are finished (their products exported)."""
-    check_bind(host, token)
+    check_bind(host, token, port)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     app = create_app(out_dir, config, token=token, record=record, record_codec=record_codec)
     query = f"?token={token}" if token else ""

@@ -167,3 +167,32 @@ def test_frames_too_small_for_optical_flow_are_refused_by_the_source(tmp_path, c
     assert main(["run", str(frames), "--out", str(tmp_path / "out"), "--backend", "graphcut"]) == 2
     err = capsys.readouterr().err
     assert f"frames are {w}x{h} px" in err and "at least 32 px" in err and "0.png" in err
+
+
+# -- 7. serve ---------------------------------------------------------------------------------------------------
+
+
+def test_serve_answers_a_nul_byte_in_a_file_path_with_404(tmp_path):
+    from aiohttp import ClientSession
+    from webrtc_helpers import serving
+    from yarl import URL
+
+    from turncrop.stream.serve import STATE, create_app
+
+    sid = "a" * 32
+    (tmp_path / sid).mkdir()
+
+    async def scenario() -> int:
+        app = create_app(tmp_path, load_config(None, {"backend": "graphcut"}))
+        app[STATE].sessions[sid] = SimpleNamespace(out=tmp_path / sid, close=lambda reason: asyncio.sleep(0))
+        async with serving(app) as base, ClientSession() as http:
+            async with http.get(URL(f"{base}sessions/{sid}/files/%00", encoded=True)) as response:
+                return response.status
+
+    assert asyncio.run(scenario()) == 404
+
+
+def test_serve_refuses_a_port_out_of_range_naming_the_option(tmp_path, capsys):
+    assert main(["serve", "--out", str(tmp_path), "--port", "70000"]) == 2
+    err = capsys.readouterr().err
+    assert "--port" in err and "70000" in err and "Traceback" not in err
