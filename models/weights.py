@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import pickletools
 import re
 import tempfile
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,18 +192,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a newer pickle protocol: the error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files; all mean "unreadable"
         refused = re.search(r"GLOBAL (\S+) was not an allowed global|whose module (\S+) is blocked", str(e))
-        if isinstance(e, pickle.UnpicklingError) and refused:
-            what = refused.group(1) or refused.group(2)
+        what = (refused.group(1) or refused.group(2)) if isinstance(e, pickle.UnpicklingError) and refused else None
+        what = what or _foreign_global(path)
+        if what is not None:
             raise WeightsError(
-                f"{path} is not a plain state_dict: torch.load(weights_only=True) refused it because it holds "
-                f"pickled Python objects ({what}), e.g. a whole model saved with torch.save(model). Save "
-                "model.state_dict() instead, or use the official checkpoint"
+                f"{path} is not a plain state_dict, refused as unsafe: it holds pickled Python objects ({what}) "
+                "that loading would run, and only torch.load(weights_only=True) is used here; e.g. a whole model "
+                "saved with torch.save(model). Save model.state_dict() instead, or use the official checkpoint"
             ) from e
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise WeightsError(f"{path} is truncated or corrupt, cannot be read as a torch checkpoint ({first})") from e
+        raise WeightsError(f"{path} is truncated or corrupt, cannot be read as a torch checkpoint ({_reason(e)})") from e
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         kind = type(obj).__name__
         keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else ""
@@ -210,6 +214,47 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "a SAM checkpoint is a flat {name: tensor} dict as saved by torch.save(model.state_dict())"
         )
     return obj
+
+
+def _foreign_global(path: Path) -> str | None:
+    """The first global a plain pickle file (not torch's zip format) names outside torch's own, or None.
+
+    torch's safe loader stops at opcodes of newer pickle protocols before it sees what the file would
+    call; reading the opcodes (pickletools runs nothing) tells a pickle that calls code from a damaged file.
+    """
+    if zipfile.is_zipfile(path):
+        return None
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for opcode, arg, _ in pickletools.genops(f):
+                if opcode.name == "GLOBAL":
+                    name = str(arg).replace(" ", ".")
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    name = ".".join(strings[-2:])
+                else:
+                    if isinstance(arg, str):
+                        strings.append(arg)
+                    continue
+                if not name.startswith(("torch.", "collections.OrderedDict")):
+                    return name
+    except Exception:  # noqa: BLE001 - not a pickle, or a damaged one: nothing it could call was found
+        return None
+    return None
+
+
+def _reason(error: Exception) -> str:
+    """torch's own reason for an unreadable file, without its advice to load it unsafely."""
+    text = str(error).strip()
+    detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text, re.S)
+    reason = " ".join((detail.group(1) if detail else (text.splitlines() or [""])[0]).split())
+    sentences = re.split(r"(?<=\.)\s+", reason)  # whole sentences only: a cut one can say the opposite
+    kept = sentences[:1]
+    for sentence in sentences[1:]:
+        if len(" ".join(kept + [sentence])) > 300:
+            break
+        kept.append(sentence)
+    return " ".join(kept) or type(error).__name__
 
 
 def detect_arch(state_dict: dict[str, torch.Tensor], source: str | Path = "checkpoint") -> str:

@@ -196,3 +196,34 @@ def test_serve_refuses_a_port_out_of_range_naming_the_option(tmp_path, capsys):
     assert main(["serve", "--out", str(tmp_path), "--port", "70000"]) == 2
     err = capsys.readouterr().err
     assert "--port" in err and "70000" in err and "Traceback" not in err
+
+
+# -- 8. messages ------------------------------------------------------------------------------------------------
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_raw_pickle_that_would_run_code_is_refused_as_unsafe(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(_Payload(marker), protocol=4))
+    with pytest.raises(WeightsError, match=r"refused as unsafe.*\(posix\.system\)"):
+        read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_torchs_advice_to_load_unsafely_is_never_quoted(tmp_path):
+    path = tmp_path / "list.pt"
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))  # a format torch's safe loader refuses
+    with pytest.raises(WeightsError, match="truncated or corrupt") as info:
+        read_state_dict(path)
+    assert "weights_only` set to `False`" not in str(info.value) and "Re-running" not in str(info.value)
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(2)}, good)
+    assert set(read_state_dict(good)) == {"w"}
