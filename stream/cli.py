@@ -28,6 +28,11 @@ def parse_box(text: str) -> tuple[tuple[float, float, float, float], int | None]
     return values, frame
 
 
+# How the user gave each override, for errors about it (`load_config(names=...)`).
+_OPTION_NAMES = {"backend": "--backend", "checkpoint": "--checkpoint", "spin.views": "--spin",
+                 "prompt.box": "--box", "prompt.frame": "--box"}
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if getattr(args, "backend", None):
@@ -181,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _weights(args)
         if args.command == "replay":
             return _replay(args)
-        config = load_config(args.config, _overrides(args))
+        config = load_config(args.config, _overrides(args), _OPTION_NAMES)
         if args.command == "run":
             return _run(args, config)
         if args.command == "live":
@@ -359,23 +364,23 @@ def _replay(args: argparse.Namespace) -> int:
 
     if args.check and args.update_golden:
         raise ValueError("--check and --update-golden exclude each other: check first, then update on purpose")
-    overrides = _overrides(args)
+    overrides, names = _overrides(args), dict(_OPTION_NAMES)
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key], names[key] = yaml.safe_load(value), f"--set {key}"
     sessions: list[Path] = []
     for path in args.sessions:
         folder_of_sessions = path.is_dir() and not is_recording(path)
         inside = sorted(p for p in path.iterdir() if is_recording(p)) if folder_of_sessions else []
         sessions.extend(inside or [path])  # a path that is no session fails with the reason when opened
     if len(sessions) == 1:
-        return _replay_one(args, sessions[0], overrides, args.out)
+        return _replay_one(args, sessions[0], overrides, names, args.out)
     codes = []
     for session in sessions:
         try:
-            codes.append(_replay_one(args, session, overrides, args.out / session.name if args.out else None))
+            codes.append(_replay_one(args, session, overrides, names, args.out / session.name if args.out else None))
         except (ConfigError, SourceError, ValueError, OSError) as exc:
             print(f"turncrop: error: {exc}", file=sys.stderr)
             codes.append(2)
@@ -384,7 +389,8 @@ def _replay(args: argparse.Namespace) -> int:
     return max(codes)
 
 
-def _replay_one(args: argparse.Namespace, folder: Path, overrides: dict[str, Any], out_dir: Path | None) -> int:
+def _replay_one(args: argparse.Namespace, folder: Path, overrides: dict[str, Any], names: dict[str, str],
+                out_dir: Path | None) -> int:
     import tempfile
 
     from turncrop.stream.golden import Tolerances, check_replay, load_golden, write_golden
@@ -392,7 +398,7 @@ def _replay_one(args: argparse.Namespace, folder: Path, overrides: dict[str, Any
     from turncrop.stream.replay import EVERY_FRAME, replay_session
 
     session = open_session(folder)
-    config = load_config(args.config, overrides) if args.config else session.config(overrides)
+    config = load_config(args.config, overrides, names) if args.config else session.config(overrides, names)
     golden = load_golden(folder) if args.check else None
     every_frame = args.every_frame or (golden is not None and golden.info.get("mode") == EVERY_FRAME)
     tolerances = Tolerances(args.iou, args.span_frames, args.still_frames)

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -187,10 +187,13 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                names: Mapping[str, str] | None = None) -> Config:
     """Read a preset name ('default', 'studio', 'fast') or a YAML file, apply dotted `overrides`.
 
     A file may start from a preset with `preset: NAME`; its own keys then replace the preset's.
+    `names`: how the user gave each override (`{"prompt.box": "--box"}`): an error about a key an
+    override set names that, not the file (others read "override KEY").
     """
     data: dict[str, Any] = {}
     where = "defaults"
@@ -198,20 +201,32 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data, where = _read(path)
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
-    _rename_old_keys(data, where)
-    return _build(Config, data, where, "")
+    origin = _origin(where, list(overrides or {}), names or {})
+    _rename_old_keys(data, origin)
+    return _build(Config, data, origin, "")
+
+
+def _origin(where: str, overridden: list[str], names: Mapping[str, str]) -> Callable[[str], str]:
+    """What to blame for the dotted `key`: the overrides that set it or a part of it, else `where`."""
+
+    def origin(key: str) -> str:  # key "": the top level, which only undotted overrides set
+        related = [k for k in overridden if k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.")
+                   or not key and "." not in k]
+        return ", ".join(dict.fromkeys(names.get(k, f"override {k}") for k in related)) or where
+
+    return origin
 
 
 # Keys renamed since they were written (config files, and recorded sessions replayed later): old -> new.
 RENAMED_KEYS = {"products.same_product_iou": "products.same_product_overlap"}
 
 
-def _rename_old_keys(data: dict[str, Any], where: str) -> None:
+def _rename_old_keys(data: dict[str, Any], where: Callable[[str], str]) -> None:
     for old, new in RENAMED_KEYS.items():
         section, _, key = old.partition(".")
         values = data.get(section)
         if isinstance(values, dict) and key in values:
-            log.warning("%s: config key %s is now %s", where, old, new)
+            log.warning("%s: config key %s is now %s", where(old), old, new)
             values.setdefault(new.partition(".")[2], values.pop(key))
 
 
@@ -223,7 +238,11 @@ def _read(path: str | Path) -> tuple[dict[str, Any], str]:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist (presets: {', '.join(PRESETS)})")
-        text, where = p.read_text(), str(p)
+        where = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{where}: not a YAML text file (not UTF-8: {exc.reason} at byte {exc.start})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -255,24 +274,26 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     data[leaf] = value
 
 
-def _build(cls: type, data: Any, where: str, prefix: str) -> Any:
+def _build(cls: type, data: Any, where: Callable[[str], str], prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+        section = prefix.rstrip(".")
+        raise ConfigError(f"{where(section)}: {section or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown key {prefix}{unknown[0]} (valid keys: {', '.join(names)})")
+        key = prefix + unknown[0]
+        raise ConfigError(f"{where(key)}: unknown key {key} (valid keys: {', '.join(names)})")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, where, f"{prefix}{name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: {exc}") from None
+        raise ConfigError(f"{where(prefix.rstrip('.'))}: {prefix.rstrip('.') or 'config'}: {exc}") from None
 
 
-def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
+def _coerce(hint: Any, value: Any, where: Callable[[str], str], key: str) -> Any:
     """Check `value` against a type hint; convert lists to tuples and ints to floats where declared."""
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where, f"{key}.")
@@ -286,29 +307,29 @@ def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
                 return _coerce(arg, value, where, key)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{where}: {key}: unexpected value {value!r}")
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{where(key)}: {key}: unexpected value {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+            raise ConfigError(f"{where(key)}: {key} must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, where, f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{where}: {key} must have {len(args)} items, got {len(value)}")
+            raise ConfigError(f"{where(key)}: {key} must have {len(args)} items, got {len(value)}")
         return tuple(_coerce(a, v, where, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+            raise ConfigError(f"{where(key)}: {key} must be true or false, got {value!r}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+            raise ConfigError(f"{where(key)}: {key} must be an integer, got {value!r}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+            raise ConfigError(f"{where(key)}: {key} must be a number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+            raise ConfigError(f"{where(key)}: {key} must be a string, got {value!r}")
         return value
-    raise ConfigError(f"{where}: {key}: unsupported setting type {hint}")  # a programming error, not the user's
+    raise ConfigError(f"{where(key)}: {key}: unsupported setting type {hint}")  # a programming error, not the user's

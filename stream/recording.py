@@ -42,7 +42,6 @@ import copy
 import datetime as dt
 import importlib.metadata
 import json
-import logging
 import os
 import platform
 import threading
@@ -58,8 +57,6 @@ import numpy as np
 from turncrop.stream.config import BACKEND_NAMES, Config, ConfigError, load_config
 from turncrop.stream.sources import FrameSource, SourceError, VideoFileSource
 from turncrop.tracking.frame import Frame
-
-log = logging.getLogger(__name__)
 
 FORMAT = "turncrop-session"
 FORMAT_VERSION = 2  # 2: keyframes installed as the stream ends ("before": "end")
@@ -316,16 +313,17 @@ class Session:
     def of_kind(self, name: str) -> list[dict]:
         return [e for e in self.events if e["event"] == name]
 
-    def config(self, overrides: dict[str, Any] | None = None) -> Config:
+    def config(self, overrides: dict[str, Any] | None = None, names: dict[str, str] | None = None) -> Config:
         """The recorded config, with backend "auto" resolved to the backend the recording used, and
-        dotted `overrides` ({"graphcut.colour_weight": 2.0}) applied."""
+        dotted `overrides` ({"graphcut.colour_weight": 2.0}) applied (`names`: as `load_config`'s)."""
         data = copy.deepcopy(self.info["config"])
         if data.get("backend") == "auto" and self.info.get("backend") in BACKEND_NAMES:
             data["backend"] = self.info["backend"]
+        recorded = {key: f"{self.folder / SESSION_FILE} (the recorded config)" for key in data}
         try:
-            return load_config(None, {**data, **(overrides or {})})
+            return load_config(None, {**data, **(overrides or {})}, {**recorded, **(names or {})})
         except ConfigError as e:
-            raise RecordingError(f"{self.folder / SESSION_FILE}: the recorded config is not valid here: {e}") from None
+            raise RecordingError(f"the recorded config is not valid here: {e}") from None
 
     def read_frames(self) -> Iterator[Frame]:
         """The recorded frames, with the recorded indices and timestamps (not the video's).
@@ -366,8 +364,7 @@ class Session:
     def _short_video(self, count: int, error: str) -> None:
         message = (f"{self.name}: the recorder did not close (killed or crashed); its video holds {count} of "
                    f"{len(self.frames)} recorded frames" + (f" ({error})" if error else "") + "; replaying those")
-        log.warning("%s", message)
-        self.warnings.append(message)
+        self.warnings.append(message)  # reported once, with the replay (`ReplayReport.warnings`)
 
 
 class SessionSource(FrameSource):
@@ -456,8 +453,8 @@ def _read_events(path: Path) -> tuple[list[FrameRecord], list[dict], list[str]]:
                 raise ValueError("not a JSON object")
         except ValueError as e:
             if number == len(lines) and torn:
+                # Reported once, with the replay (`ReplayReport.warnings`): a session is read more than once.
                 warnings.append(f"{path}: last line {number} is incomplete (the recorder was killed); ignored")
-                log.warning("%s", warnings[-1])
                 break
             raise RecordingError(f"{path}: line {number} is not a valid event ({e}): {text[:80]!r}") from None
         if number == 1:

@@ -203,9 +203,13 @@ def test_unknown_nested_key_names_the_dotted_key_and_lists_the_section(tmp_path)
         assert valid in msg
 
 
-def test_unknown_key_in_an_override():
-    with pytest.raises(ConfigError, match=r"defaults: unknown key keyframes\.max_intervall .*max_interval"):
+def test_unknown_key_in_an_override_names_the_override():
+    with pytest.raises(ConfigError, match=r"^override keyframes\.max_intervall: unknown key keyframes\.max_intervall "
+                                          r".*max_interval"):
         load_config(overrides={"keyframes.max_intervall": 3})
+    with pytest.raises(ConfigError, match=r"^--set keyframes\.max_intervall: unknown key"):
+        load_config(overrides={"keyframes.max_intervall": 3},
+                    names={"keyframes.max_intervall": "--set keyframes.max_intervall"})
 
 
 @pytest.mark.parametrize(
@@ -277,7 +281,7 @@ def test_out_of_range_values_are_config_errors_naming_the_key(overrides, words):
     with pytest.raises(ConfigError) as info:
         load_config(overrides=overrides)
     msg = str(info.value)
-    assert msg.startswith("defaults: ")
+    assert msg.startswith(f"override {next(iter(overrides))}: ")  # the value came from there, not the defaults
     for word in words:
         assert word in msg, (word, msg)
     assert isinstance(info.value, ValueError)  # callers catching ValueError still catch it

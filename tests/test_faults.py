@@ -201,6 +201,20 @@ def test_serve_refuses_a_port_out_of_range_naming_the_option(tmp_path, capsys):
 # -- 8. messages ------------------------------------------------------------------------------------------------
 
 
+def test_a_binary_config_file_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "random.yaml"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8).tobytes())
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not a YAML text file"):
+        load_config(path)
+
+
+def test_a_command_line_value_error_names_the_option_not_the_defaults(sources, tmp_path, capsys):
+    assert main(["run", str(sources["short"]), "--out", str(tmp_path / "out"), "--spin", "3"]) == 2
+    assert capsys.readouterr().err.startswith("turncrop: error: --spin: spin: views must be 0 (off) or in [4, 360]")
+    assert main(["run", str(sources["short"]), "--out", str(tmp_path / "out"), "--box", "50,50,10,10"]) == 2
+    assert capsys.readouterr().err.startswith("turncrop: error: --box: prompt: box must be")
+
+
 class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
@@ -227,3 +241,15 @@ def test_torchs_advice_to_load_unsafely_is_never_quoted(tmp_path):
     good = tmp_path / "good.pt"
     torch.save({"w": torch.zeros(2)}, good)
     assert set(read_state_dict(good)) == {"w"}
+
+
+def test_a_torn_last_line_is_warned_about_once(tmp_path, capsys, caplog):
+    from data_paths import RECORDINGS
+
+    session = tmp_path / "session"
+    shutil.copytree(RECORDINGS / "orbit_live", session, ignore=shutil.ignore_patterns("golden"))
+    with open(session / "events.jsonl", "a") as f:
+        f.write('{"event": "frame", "ind')
+    assert main(["replay", str(session), "--out", str(tmp_path / "out")]) == 0
+    said = capsys.readouterr()
+    assert (said.out + said.err + caplog.text).count("is incomplete (the recorder was killed)") == 1
