@@ -27,6 +27,7 @@ import supervision as sv
 from turncrop.models.base import Segmenter
 from turncrop.tracking.boxes import BoxTracker
 from turncrop.tracking.frame import Frame
+from turncrop.tracking.intruders import IntruderOptions, IntruderTracker
 from turncrop.tracking.keyframes import KeyframeOptions, KeyframePolicy
 from turncrop.tracking.masks import mask_box, mask_iou, resize_mask
 from turncrop.tracking.masktrack import Keyframe, KeyframeRequest, MaskResult, MaskTracker
@@ -90,6 +91,7 @@ class PipelineOptions:
     propagation: PropagationOptions = field(default_factory=PropagationOptions)
     products: ProductOptions = field(default_factory=ProductOptions)
     stills: StillWeights = field(default_factory=StillWeights)
+    intruders: IntruderOptions = field(default_factory=IntruderOptions)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class Product:
     box: np.ndarray | None = None  # the last mask's box
     track_box: np.ndarray | None = None  # the last box of its track (stage model or detector)
     missing: int = 0
+    frames_not_alone: int = 0  # frames with an intruder (the operator's hand) in view: no still from them
     uncut_best: tuple | None = None  # live: (frame, mask, evidence) of the best still so far
     final_cut: FinalCut | None = None  # live: the best still's cut, prepared as the product ends
 
@@ -146,6 +149,13 @@ class Product:
     def product_id(self) -> str:
         return f"product-{self.number:03d}"
 
+    @property
+    def no_still_reason(self) -> str:
+        """Why no frame of this product gave a still candidate."""
+        if self.frames and self.frames_not_alone == self.frames:
+            return "the operator (a hand or arm) was in view in every frame of the product"
+        return "no frame had a usable mask"
+
     def statistics(self) -> dict:
         return {
             "first_frame": self.first_frame,
@@ -155,6 +165,7 @@ class Product:
             "frames": self.frames,
             "encoder_calls": self.keyframes,
             "encoder_calls_per_frame": round(self.keyframes / max(self.frames, 1), 4),
+            "frames_with_operator": self.frames_not_alone,
             "keyframe_reasons": dict(self.keyframe_reasons),
         }
 
@@ -185,6 +196,7 @@ class FrameResult:
       alpha: (H, W) float32 soft alpha of the product, or None.
       still: this frame's still score, or None.
       events: ProductStarted / ProductEnded that happened at this frame.
+      alone: False when anything but the product (an operator's hand) is on the stage: no still or spin view.
     """
 
     frame: Frame
@@ -193,6 +205,7 @@ class FrameResult:
     mask_result: MaskResult | None = None
     still: StillScore | None = None
     events: list = field(default_factory=list)
+    alone: bool = True
 
     @property
     def keyframe(self) -> bool:
@@ -215,6 +228,10 @@ class ProductPipeline:
         self.prompt = prompt
         self.detector = detector
         self.stage = StageModel(self.options.stage) if self.options.use_stage else None
+        self.intruders = IntruderTracker(self.options.intruders)
+        self._intruded_frames: deque[int] = deque(maxlen=512)  # recent frames with an intruder in view
+        self._last_mask: np.ndarray | None = None  # the product's mask in the previous frame
+        self._intruder_mask: np.ndarray | None = None  # this frame's intruder pixels
         self.policy = KeyframePolicy(self.options.keyframes)
         self.masks = MaskTracker(segmenter, self.policy, FlowPropagator(self.options.propagation),
                                  defer_keyframes=defer_keyframes)
@@ -240,16 +257,16 @@ class ProductPipeline:
                 self.stage.seal()  # the operator prompted during warm-up: the frames before were the stage
         elif self._warming_up(frame):
             return FrameResult(frame, sv.Detections.empty(), events=events)
-        evidence = self.stage.log_odds(frame.image) if self.stage is not None and self.stage.ready else None
+        evidence = self._stage_evidence(frame)
         detections = self._detect(frame, evidence)
         if self.product is not None and self._product_gone(detections) and operator.get("prompt") is None:
             self._end(frame.index, "left the stage", events)
         if self.product is None:
             start = operator.get("prompt") or self._find_start(frame, detections)
             if start is None:
-                if not len(detections):
+                if not len(detections) and not self.intruders.present:
                     self._learn_empty(frame)
-                return FrameResult(frame, sv.Detections.empty(), events=events)
+                return FrameResult(frame, sv.Detections.empty(), events=events, alone=not self.intruders.present)
             self._begin(frame, events)
             self.product.track_id = start.get("track_id")
             return self._segment(frame, evidence, start, events, initial=True)
@@ -287,10 +304,23 @@ class ProductPipeline:
             self.product.keyframes += 1
             self.product.keyframe_reasons[keyframe.request.decision.reason] += 1
         frame, result = keyframe.request.frame, keyframe.result
-        if result.mask.any():
+        if result.mask.any() and frame.index not in self._intruded_frames:
             evidence = self.stage.log_odds(frame.image) if self.stage is not None and self.stage.ready else None
             self._offer_live(frame, result.mask, self._score(frame, result.mask, result, evidence), evidence)
         return True
+
+    def _stage_evidence(self, frame: Frame) -> np.ndarray | None:
+        """The stage model's log-odds for this frame with the intruders (an operator's arm) made background."""
+        if self.stage is None or not self.stage.ready:
+            return None
+        evidence = self.stage.log_odds(frame.image)
+        prior = self._last_mask if self.product is not None else None
+        intruders = self.intruders.update(frame.image, self.stage.foreground(frame.image, evidence), prior)
+        self._intruder_mask = intruders
+        if not self.intruders.present:
+            return evidence
+        self._intruded_frames.append(frame.index)
+        return np.where(intruders, np.float32(-self.options.stage.evidence_clip), evidence)
 
     # -- operator ----------------------------------------------------------------------------------------
 
@@ -458,6 +488,10 @@ class ProductPipeline:
             new_track=bool(prompt.get("new_track")) and not initial, rekey=bool(prompt.get("rekey")) and not initial,
         )
         mask, alpha, still_frame = result.mask, None, frame
+        alone = not self.intruders.present
+        if not alone:
+            mask = mask & ~self._intruder_mask  # never a pixel of the operator
+            product.frames_not_alone += 1
         # Live streams show carried masks but take stills only from decoded ones (`install_keyframe`).
         live = self.masks.defer_keyframes
         if evidence is not None and mask.any() and not live:
@@ -467,10 +501,11 @@ class ProductPipeline:
         if result.keyframe:
             product.keyframes += 1
             product.keyframe_reasons[result.reason] += 1
+        self._last_mask = mask
         if not mask.any():
             if not self._detecting:
                 product.missing += 1  # without a detector an empty mask is the only sign it left
-            return FrameResult(frame, sv.Detections.empty(), mask_result=result, events=events)
+            return FrameResult(frame, sv.Detections.empty(), mask_result=result, events=events, alone=alone)
         if not self._detecting:
             product.missing = 0
         box = np.asarray(mask_box(mask), np.float32)
@@ -479,7 +514,7 @@ class ProductPipeline:
             # No detector: the mask's own box keeps the product's track (and id) alive.
             self.boxes.update(sv.Detections(xyxy=box[None], confidence=np.ones(1, np.float32)), frame.timestamp)
         still = None
-        if not live or result.keyframe:
+        if alone and (not live or result.keyframe):
             still = self._score(frame, mask, result, evidence)
             if live:
                 self._offer_live(frame, mask, still, evidence)
@@ -490,7 +525,7 @@ class ProductPipeline:
             tracker_id=np.array([product.number]),
             data={"keyframe": np.array([result.keyframe]), "reason": np.array([result.reason])},
         )
-        return FrameResult(frame, detections, alpha=alpha, mask_result=result, still=still, events=events)
+        return FrameResult(frame, detections, alpha=alpha, mask_result=result, still=still, events=events, alone=alone)
 
     def _score(self, frame: Frame, mask: np.ndarray, result: MaskResult, evidence: np.ndarray | None) -> StillScore:
         return score_still(frame.image, mask, confidence=result.score, stability=result.stability,
@@ -548,6 +583,7 @@ class ProductPipeline:
         if transient:
             self.products_started -= 1
         self.product = None
+        self._last_mask = None
         self.masks.reset()
         self.boxes.reset()
 
