@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -177,8 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value may start with "-" (a negative coordinate): argparse would take it for an option.
+_SIGNED_VALUES = ("--box",)
+
+
+def _attach_signed_values(argv: Sequence[str]) -> list[str]:
+    """`--box -50,10,100,200` -> `--box=-50,10,100,200`, which argparse reads as the option's value."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _SIGNED_VALUES and re.match(r"-[\d.]", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attach_signed_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -201,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, SourceError, WeightsError, ValueError, OSError) as exc:
         print(f"turncrop: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a command handles it (loading), or one that does not
+        print("turncrop: interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace, config) -> int:
@@ -222,7 +241,7 @@ def _run(args: argparse.Namespace, config) -> int:
         bar.update(1)
 
     try:
-        summary = run(args.source, args.out, config, on_frame=on_frame)
+        summary = run(args.source, args.out, config, on_frame=on_frame, handle_signals=True)
     finally:
         if bar is not None:
             bar.close()
@@ -231,12 +250,16 @@ def _run(args: argparse.Namespace, config) -> int:
     for p in summary.products:
         where = f"frame {p['frame_index']}, score {p['score']}" if p["status"] == "ok" else p["reason"]
         print(f"  {p['product_id']}: {p['status']} ({where}) -> {', '.join(p['files'])}")
-    if not summary.products:
+    if not summary.products and not summary.error and not summary.interrupted:
         print("  no product found: does the recording open on the empty stage? Otherwise give --box.")
     print(f"outputs in {summary.out_dir} (manifest.json)")
     if summary.error:
         print(f"turncrop: error: {summary.error} (products finished before it were exported)", file=sys.stderr)
         return 1
+    if summary.interrupted:
+        print(f"turncrop: interrupted at frame {summary.last_frame}; the product on stage was finished and "
+              "exported", file=sys.stderr)
+        return 130
     return 0
 
 

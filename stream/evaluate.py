@@ -51,7 +51,7 @@ def evaluate(source_path: str | Path, gt_dir: str | Path, config: Config) -> dic
     with open_source(source_path) as source:
         if source.frame_count is not None and source.frame_count != len(gt_files):
             raise SourceError(f"{gt_dir}: {len(gt_files)} masks for {source.frame_count} frames of {source_path}")
-        pipeline = build_pipeline(config, frame_rate=source.fps or 30.0)
+        pipeline = build_pipeline(config, frame_rate=source.fps or 30.0, source=source)
         frames = 0
         for result in segment(source, pipeline):
             if frames >= len(gt_files):

@@ -38,6 +38,7 @@ import numpy as np
 from turncrop.models.base import Segmenter
 from turncrop.stream.config import Config
 from turncrop.stream.encoder_process import encoder_started, run_in_encoder_process, start_encoder_process
+from turncrop.stream.outputs import claim_output
 from turncrop.stream.recording import SessionRecorder
 from turncrop.stream.runner import ProductSink, RunSummary, build_pipeline
 from turncrop.stream.sources import FrameSource, SourceError
@@ -214,6 +215,7 @@ class LivePipeline:
         self.working_size = working_size  # frames are processed at most this big (config live.working_size)
         self.stats = LiveStats()
         self.error: str | None = None
+        self.interrupted = False
         self._stop: asyncio.Event | None = None
         self._encoding: asyncio.Future | None = None
         self._ready: Keyframe | None = None  # a finished encode, installed before the next frame
@@ -231,6 +233,11 @@ class LivePipeline:
         if self._stop is not None and not self._stop.is_set():
             log.info("live: stopping")
             self._stop.set()
+
+    def interrupt(self) -> None:
+        """`stop()` for SIGINT / SIGTERM: the manifest then says the stream was interrupted."""
+        self.interrupted = True
+        self.stop()
 
     async def run(self, duration: float | None = None, *, stats_every: float = 1.0,
                   on_stats: Callable[[LiveStats], None] | None = None) -> LiveStats:
@@ -269,7 +276,7 @@ class LivePipeline:
                 await asyncio.gather(*self._exporting, return_exceptions=True)  # `_exported` logs failures
                 self.stats.frames_dropped = slot.dropped + self._upstream_dropped()
                 self.sink.summary.error = self.error
-                self.sink.write_manifest(self.stats.as_dict())
+                self.sink.finish(interrupted=self.interrupted, live=self.stats.as_dict())
                 # Spawning (it pickles the segmenter) and joining the encoder process take up to seconds:
                 # neither runs on the event loop, which other streams may share (turncrop serve).
                 await loop.run_in_executor(None, encoder_pool.shutdown)
@@ -440,7 +447,7 @@ def install_signal_handlers(live: LivePipeline) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
-        loop.add_signal_handler(sig, live.stop)
+        loop.add_signal_handler(sig, live.interrupt)
 
     def remove() -> None:
         for sig, handler in previous.items():
@@ -466,22 +473,24 @@ async def run_live_async(source: FrameSource, out_dir: str | Path, config: Confi
     """Run `source` live into `out_dir` (products as `turncrop run` writes them, plus live stats in the
     manifest under "live"). The source is not closed here. `record`: also record the session into this
     new folder (`turncrop replay` reproduces the run from it)."""
-    pipeline = build_pipeline(config, segmenter, frame_rate=source.fps or 30.0, defer_keyframes=True)
-    sink = ProductSink(Path(out_dir), config, source, pipeline)
-    recorder = None
-    if record is not None:
-        recorder = SessionRecorder(record, config, source.fps or 30.0, source.size, source=source.name,
-                                   backend=pipeline.segmenter.name, codec=record_codec)
-    live = LivePipeline(source, pipeline, sink, on_result=on_result, recorder=recorder,
-                        working_size=config.live.working_size)
-    remove = install_signal_handlers(live) if handle_signals else None
-    try:
-        stats = await live.run(duration, stats_every=stats_every, on_stats=on_stats)
-    finally:
-        if remove is not None:
-            remove()
-        if recorder is not None:
-            recorder.close({"live": live.stats.as_dict()})
+    pipeline = build_pipeline(config, segmenter, frame_rate=source.fps or 30.0, defer_keyframes=True, source=source)
+    with claim_output(Path(out_dir), source.name) as folder:
+        sink = ProductSink(folder, config, source, pipeline)
+        recorder = None
+        if record is not None:
+            recorder = SessionRecorder(record, config, source.fps or 30.0, source.size, source=source.name,
+                                       backend=pipeline.segmenter.name, codec=record_codec)
+        live = LivePipeline(source, pipeline, sink, on_result=on_result, recorder=recorder,
+                            working_size=config.live.working_size)
+        remove = install_signal_handlers(live) if handle_signals else None
+        try:
+            stats = await live.run(duration, stats_every=stats_every, on_stats=on_stats)
+        finally:
+            if remove is not None:
+                remove()
+            if recorder is not None:
+                recorder.close({"live": live.stats.as_dict()})
+    sink.summary.out_dir = Path(out_dir)
     return LiveReport(sink.summary, stats)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from turncrop.models.base import Segmenter
 from turncrop.stream.config import Config
+from turncrop.stream.outputs import claim_output
 from turncrop.stream.recording import STREAM_END, RecordingError, SessionSource, open_session
 from turncrop.stream.runner import ProductSink, RunSummary, build_pipeline
 from turncrop.stream.sources import SourceError
@@ -117,17 +118,27 @@ def replay_session(session_dir: str | Path, out_dir: str | Path, *, config: Conf
     if out == session.folder.resolve() or session.folder.resolve() in out.parents:
         raise RecordingError(f"{out}: the replay's output folder must be outside the session folder "
                              f"{session.folder} (a replay never writes into a recording)")
-    config = config or session.config()
+    with claim_output(out, session.folder) as folder:
+        report, error = _replay(session, folder, config or session.config(), every_frame, segmenter, on_result)
+    report.summary.out_dir = out
+    if error is not None:
+        raise error
+    return report
+
+
+def _replay(session, out: Path, config: Config, every_frame: bool, segmenter: Segmenter | None,
+            on_result: Callable[[FrameResult], None] | None) -> tuple[ReplayReport, RecordingError | None]:
+    """`replay_session` into the claimed folder `out`; a damaged recording's error is returned, not raised."""
     as_live = session.live and not every_frame
     # The live run segmented frames at its working size (noted when it started); so does the replay.
     started = session.of_kind("live")
     working_size = started[0].get("working_size") if started else config.live.working_size
     if not session.live and not every_frame:
         log.info("%s holds no live run: processing every frame", session.name)
-    pipeline = build_pipeline(config, segmenter, frame_rate=session.fps, defer_keyframes=as_live)
+    source = SessionSource(session)
+    pipeline = build_pipeline(config, segmenter, frame_rate=session.fps, defer_keyframes=as_live, source=source)
     script = _LiveScript(session.events) if as_live else None
     commands = _commands(session.events, session.folder)
-    source = SessionSource(session)
     sink = ProductSink(out, config, source, pipeline, source_name=str(session.folder))
     report = ReplayReport(sink.summary, session.folder, AS_LIVE if as_live else EVERY_FRAME, session.size,
                           len(session.frames))
@@ -156,20 +167,17 @@ def replay_session(session_dir: str | Path, out_dir: str | Path, *, config: Conf
             sink.frame(result)
             if on_result is not None:
                 on_result(result)
-    except SourceError as e:
+    except SourceError as e:  # raised by `replay_session` once the outputs are in place
         error = e if isinstance(e, RecordingError) else RecordingError(str(e))
         sink.summary.error = str(error)
-        log.error("%s", error)
     if script is not None:
         script.install_before(STREAM_END, pipeline, report)
     sink.events(pipeline.finish(last))
     report.seconds = time.perf_counter() - started
     report.warnings = list(session.warnings)
     sink.head["replay"] = report.as_dict()
-    sink.write_manifest()
-    if error is not None:
-        raise error
-    return report
+    sink.finish()
+    return report, error
 
 
 def _commands(events: list[dict], folder: Path) -> dict[int, list[OperatorCommand]]:

@@ -1,12 +1,19 @@
 """Replay a recorded session (file or image folder) through the pipeline and export each product's still.
 
-Products are exported the moment they end, so a failure later in the source never loses them; the
-manifest is rewritten after every product and once more at the end.
+Products are exported the moment they end, so a failure later in the source never loses them. The
+manifest is written (atomically) when the run starts, after every product and once more at the end;
+until then it says `"finished": false`, so a killed run leaves a valid manifest that lists exactly the
+products it exported and says it did not finish. The source ends the stream in one place, `segment`:
+at its end, at a source error or when the run is stopped (SIGINT / SIGTERM), the product on stage is
+finished and exported.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +23,9 @@ import numpy as np
 
 from turncrop.models.base import Segmenter
 from turncrop.models.registry import build_segmenter
-from turncrop.stream.config import Config
+from turncrop.stream.config import Config, ConfigError, PromptOptions
 from turncrop.stream.export import export_still, write_manifest, write_no_still_record
+from turncrop.stream.outputs import claim_output
 from turncrop.stream.sources import FrameSource, SourceError, open_source
 from turncrop.stream.spin_export import export_spin, write_no_spin_record
 from turncrop.tracking.products import (
@@ -41,6 +49,9 @@ class RunSummary:
     seconds: float = 0.0
     products: list[dict] = field(default_factory=list)
     error: str | None = None
+    last_frame: int | None = None  # index of the last frame processed
+    finished: bool = False  # the run ended (its source ended, failed, or it was stopped) and wrote its manifest
+    interrupted: bool = False  # stopped by SIGINT / SIGTERM before the source ended
 
     @property
     def fps(self) -> float:
@@ -56,6 +67,9 @@ class RunSummary:
             "seconds": round(self.seconds, 3),
             "fps": round(self.fps, 3),
             "products": self.products,
+            "last_frame": self.last_frame,
+            "finished": self.finished,
+            "interrupted": self.interrupted,
             "error": self.error,
         }
 
@@ -69,11 +83,14 @@ def segmenter_for(config: Config) -> Segmenter:
 
 
 def build_pipeline(config: Config, segmenter: Segmenter | None = None, frame_rate: float = 30.0, *,
-                   defer_keyframes: bool = False) -> ProductPipeline:
+                   defer_keyframes: bool = False, source: FrameSource | None = None) -> ProductPipeline:
     """The pipeline a config describes (the segmenter is built from it unless one is given).
 
     `defer_keyframes`: leave keyframe encodes to the caller (the live pipeline; see `ProductPipeline`).
+    `source`: check the config's prompt against its frame size and length first (`check_prompt`).
     """
+    if source is not None:
+        check_prompt(config.prompt, source.size, source.frame_count)
     if segmenter is None:
         segmenter = segmenter_for(config)
     return ProductPipeline(segmenter, config.pipeline_options(), prompt=initial_prompt(config),
@@ -92,6 +109,24 @@ def initial_prompt(config: Config) -> InitialPrompt | None:
     return InitialPrompt(frame_index=p.frame, box=box, points=points, point_labels=labels)
 
 
+def check_prompt(prompt: PromptOptions, size: tuple[int, int], frame_count: int | None) -> None:
+    """ConfigError naming the option when the prompt cannot apply to frames of `size` (H, W), `frame_count` long
+    (None: not known up front; `segment` then reports a prompt frame the source never reached)."""
+    h, w = size
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+            raise ConfigError(f"--box / prompt.box {','.join(f'{v:g}' for v in prompt.box)} lies wholly outside "
+                              f"the {w}x{h} frame (X0,Y0,X1,Y1 in pixels)")
+    for x, y in prompt.points or ():
+        if not (0 <= x < w and 0 <= y < h):
+            raise ConfigError(f"prompt.points: the point {x:g},{y:g} lies outside the {w}x{h} frame")
+    prompted = prompt.box is not None or prompt.points is not None
+    if prompted and frame_count is not None and prompt.frame >= frame_count:
+        raise ConfigError(f"--box ...@{prompt.frame} / prompt.frame: the source has {frame_count} frames "
+                          f"(0 to {frame_count - 1})")
+
+
 def _detector(config: Config):
     if config.prompt.detector is None:
         return None
@@ -102,39 +137,92 @@ def _detector(config: Config):
     return yolo.detect
 
 
-def segment(source: FrameSource, pipeline: ProductPipeline) -> Iterator[FrameResult]:
-    """Run every frame of `source` through `pipeline`; the last result carries the end-of-source events."""
+def segment(source: FrameSource, pipeline: ProductPipeline,
+            stop: threading.Event | None = None) -> Iterator[FrameResult]:
+    """Run every frame of `source` through `pipeline` until the source ends or `stop` is set.
+
+    Whatever ends the stream (the source's end, a `SourceError` from it, `stop`) ends it the same way:
+    the last result, held back by one frame, is delivered carrying the end-of-stream events (the
+    product on stage finished), and only then is a source error raised.
+    """
+    frames = iter(source)
     last: FrameResult | None = None
-    for frame in source:
+    error: SourceError | None = None
+    while stop is None or not stop.is_set():
+        try:
+            frame = next(frames, None)
+        except SourceError as exc:
+            error = exc
+            break
+        if frame is None:
+            break
         if last is not None:
             yield last
         last = pipeline.process(frame)
     if last is not None:
         last.events.extend(pipeline.finish(last.frame.index))
         yield last
+    error = error or _prompt_not_reached(source, pipeline, last, stopped=stop is not None and stop.is_set())
+    if error is not None:
+        raise error
+
+
+def _prompt_not_reached(source: FrameSource, pipeline: ProductPipeline, last: FrameResult | None,
+                        stopped: bool) -> SourceError | None:
+    """The source ended before the prompt's frame (a length not known up front, so not checked before)."""
+    prompt = pipeline.prompt
+    if prompt is None or stopped or (last is not None and last.frame.index >= prompt.frame_index):
+        return None
+    seen = f"after frame {last.frame.index}" if last is not None else "without a frame"
+    return SourceError(f"{source.name}: the source ended {seen}, before frame {prompt.frame_index} of "
+                       "--box ...@FRAME / prompt.frame")
 
 
 def run(source_path: str | Path, out_dir: str | Path, config: Config, *,
-        on_frame: Callable[[FrameResult], None] | None = None, segmenter: Segmenter | None = None) -> RunSummary:
+        on_frame: Callable[[FrameResult], None] | None = None, segmenter: Segmenter | None = None,
+        handle_signals: bool = False) -> RunSummary:
     """Process a recording end to end: segment, pick stills, export them and the manifest.
 
     `segmenter`: use this one instead of building it from `config` (batch: encodes on a Ray actor).
+    `handle_signals`: SIGINT and SIGTERM stop the run as the source's end would (the product on stage is
+    exported, the manifest says `"interrupted": true`) instead of raising; main thread only.
+    The output folder is claimed as `claim_output` says (a previous output is replaced whole).
+
+    Raises:
+      SourceError: the source cannot be opened.  ConfigError: the prompt does not fit the source.
+      OutputError: the output folder cannot be used. A source error later is reported in the summary.
     """
     with open_source(source_path) as source:
-        pipeline = build_pipeline(config, segmenter, frame_rate=source.fps or 30.0)
-        sink = ProductSink(Path(out_dir), config, source, pipeline, source_name=str(source_path))
-        try:
-            for result in segment(source, pipeline):
-                sink.frame(result)
-                if on_frame is not None:
-                    on_frame(result)
-        except SourceError as exc:
-            # Keep what was produced: close the product on stage, export it, and report the error.
-            sink.summary.error = str(exc)
-            log.error("%s", exc)
-            sink.events(pipeline.finish(sink.summary.frames - 1))
-        sink.write_manifest()
+        pipeline = build_pipeline(config, segmenter, frame_rate=source.fps or 30.0, source=source)
+        with _stop_on_signals(handle_signals) as stop, claim_output(Path(out_dir), source_path) as folder:
+            sink = ProductSink(folder, config, source, pipeline, source_name=str(source_path))
+            try:
+                for result in segment(source, pipeline, stop):
+                    sink.frame(result)
+                    if on_frame is not None:
+                        on_frame(result)
+            except SourceError as exc:  # the products it ended were exported; say why it stopped
+                sink.summary.error = str(exc)
+            sink.finish(interrupted=stop.is_set())
+    sink.summary.out_dir = Path(out_dir)
     return sink.summary
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool) -> Iterator[threading.Event]:
+    """An event that SIGINT and SIGTERM set while the block runs (if `enabled`); the program's own
+    handlers are put back after it."""
+    stop = threading.Event()
+    if not enabled:
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
 
 
 class ProductSink:
@@ -148,6 +236,7 @@ class ProductSink:
         self.head = _manifest_head(self.summary, config, source)
         self.started = time.perf_counter()
         self._spins: dict[int, SpinRecorder] = {}
+        self.write_manifest()  # now: the folder shows a run's output (not finished) from its start
 
     def frame(self, result: FrameResult) -> int:
         """Record one frame's result and export the products it ended; returns how many were exported."""
@@ -157,6 +246,7 @@ class ProductSink:
     def record(self, result: FrameResult) -> None:
         """Count one frame and keep its product view for a spin set (`events` exports, maybe elsewhere)."""
         self.summary.frames += 1
+        self.summary.last_frame = result.frame.index
         _record_spin(self._spins, result, self.config)
 
     def events(self, events: list) -> int:
@@ -178,6 +268,11 @@ class ProductSink:
         if live is not None:
             self.head["live"] = live
         _write_manifest(self.out, self.head, self.summary, self.pipeline, self.started)
+
+    def finish(self, *, interrupted: bool = False, live: dict | None = None) -> None:
+        """The stream has ended and its last products are exported: write the final manifest."""
+        self.summary.finished, self.summary.interrupted = True, interrupted
+        self.write_manifest(live)
 
 
 def _export(out: Path, event: ProductEnded, backend: str, source: str, config: Config) -> dict:

@@ -88,6 +88,148 @@ def _products(out: Path) -> list[str]:
     return [p["product_id"] for p in _manifest(out)["products"]]
 
 
+# -- 1. a source error right after a product ended -----------------------------------------------------------
+
+
+class _Failing(FrameSource):
+    """Three tiny frames, then a read error."""
+
+    def __init__(self) -> None:
+        super().__init__("failing", 30.0, 5, (2, 2))
+
+    def _frames(self) -> Iterator[Frame]:
+        for i in range(3):
+            yield Frame(np.zeros((2, 2, 3), np.uint8), i, i / 30)
+        raise SourceError("failing: frame 3 is unreadable")
+
+
+def test_segment_delivers_the_held_result_and_its_end_events_before_a_source_error():
+    pipeline = SimpleNamespace(prompt=None, process=lambda f: SimpleNamespace(frame=f, events=[]),
+                               finish=lambda index: [f"finished at {index}"])
+    delivered = []
+    with pytest.raises(SourceError, match="frame 3"):
+        for result in segment(_Failing(), pipeline):
+            delivered.append((result.frame.index, list(result.events)))
+    assert delivered == [(0, []), (1, []), (2, ["finished at 2"])]
+
+
+def test_a_product_that_ended_just_before_a_broken_frame_is_exported(sources, short_run, tmp_path):
+    frames = _copy(sources["short"], tmp_path / "frames")
+    broken = frames / f"{short_run['ended_at'] + 1:03d}.png"
+    broken.write_bytes(broken.read_bytes()[:300])
+    out = tmp_path / "out"
+    done = subprocess.run(_cli("run", str(frames), "--out", str(out), "--backend", "graphcut", "--no-progress"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert _products(out) == ["product-001"] and (out / "product-001.jpg").is_file()
+    manifest = _manifest(out)
+    assert manifest["frames"] == short_run["ended_at"] + 1 and broken.name in manifest["error"]
+    assert done.stderr.count(f"cannot read image {broken.name}") == 1, done.stderr  # once, not logged and printed
+    assert "no product found" not in done.stdout
+
+
+# -- 2. Ctrl-C / SIGTERM and SIGKILL ---------------------------------------------------------------------------
+
+
+def _wait_for_line(process: subprocess.Popen, pattern: str, timeout: float = 120) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        if found := re.search(pattern, line):
+            return found
+    process.kill()
+    raise AssertionError(f"{pattern!r} never appeared on stderr")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_run_finishes_the_product_on_stage_and_says_it_was_interrupted(sources, tmp_path, sig):
+    out = tmp_path / "out"
+    process = subprocess.Popen(_cli("run", str(sources["long"]), "--out", str(out), "--backend", "graphcut",
+                                    "--no-progress", "-v"), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    _wait_for_line(process, r"keyframe at frame (1[2-9]|[2-9]\d)")  # the product has been on stage a while
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted at frame" in stderr
+    manifest = _manifest(out)
+    assert manifest["interrupted"] is True and manifest["finished"] is True and manifest["error"] is None
+    assert manifest["last_frame"] < 59  # stopped while the product was on stage (it leaves after frame 59)
+    assert [(p["product_id"], p["status"]) for p in manifest["products"]] == [("product-001", "ok")]
+    assert (out / "product-001.png").is_file() and "product-001: ok" in stdout
+
+
+def test_a_killed_run_leaves_a_valid_manifest_that_says_it_did_not_finish(sources, tmp_path):
+    frames = _copy(sources["short"], tmp_path / "frames")
+    last = sorted(frames.iterdir())[-1]
+    for i in range(35, 95):  # an empty stage for a while after the product left
+        shutil.copy(last, frames / f"{i:03d}.png")
+    out = tmp_path / "out"
+    process = subprocess.Popen(_cli("run", str(frames), "--out", str(out), "--backend", "graphcut", "--no-progress"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "manifest.json").is_file() and _products(out)):
+            assert process.poll() is None and time.monotonic() < deadline, "the product was never exported"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    manifest = _manifest(out)
+    assert manifest["finished"] is False and manifest["interrupted"] is False
+    assert _products(out) == ["product-001"] and (out / "product-001.json").is_file()
+
+
+# -- 3. one output folder, one run -------------------------------------------------------------------------------
+
+
+def test_a_second_run_replaces_the_previous_output_whole(sources, config, short_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(short_run["out"], out)
+    for name in ("product-002.png", "product-002.jpg", "product-002.json"):  # a previous run found two products
+        (out / name).write_bytes(b"previous run")
+    summary = run(sources["short"], out, config)
+    assert summary.out_dir == out and [p["product_id"] for p in summary.products] == ["product-001"]
+    assert sorted(p.name for p in out.iterdir()) == short_run["files"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing hidden left beside it
+
+
+def test_output_folders_that_are_not_a_runs_to_take_are_refused(sources, config, tmp_path):
+    frames = _copy(sources["short"], tmp_path / "frames")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    cases = {foreign: "not empty and holds no turncrop output", frames: "inside the source folder",
+             frames / "out": "inside the source folder"}
+    for out, message in cases.items():
+        with pytest.raises(OutputError, match=message):
+            run(frames, out, config)
+    assert (foreign / "notes.txt").read_text() == "keep me" and not (frames / "out").exists()
+    assert not (frames / "manifest.json").exists()
+
+
+def test_a_previous_output_holding_the_source_is_not_replaced(sources, config, short_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(short_run["out"], out)
+    frames = _copy(sources["short"], out / "frames")
+    with pytest.raises(OutputError, match="holds the source"):
+        run(frames, out, config)
+    assert len(list(frames.iterdir())) == 35
+
+
+def test_a_killed_replacement_leaves_the_previous_output_and_its_leftovers_go_next_time(sources, config,
+                                                                                        short_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(short_run["out"], out)
+    leftover = tmp_path / ".out.tmp-0123abcd"  # what a run killed while replacing `out` leaves beside it
+    leftover.mkdir()
+    (leftover / "manifest.json").write_text('{"tool": "turncrop", "finished": false}')
+    assert clean_partial(tmp_path, "other") == [] and leftover.is_dir()  # only `out`'s own leftovers go
+    run(sources["short"], out, config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 # -- 4. batch workers and the batch lock ------------------------------------------------------------------------
 
 
@@ -152,6 +294,41 @@ def test_the_batch_lock_excludes_a_second_driver_while_a_worker_of_the_first_liv
     finally:
         orphan.kill()
         orphan.wait()
+
+
+# -- 5. prompts against the source ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("box, message", [
+    ("10,10,100,100@35", r"--box \.\.\.@35 / prompt.frame: the source has 35 frames"),
+    ("300,200,400,300", r"--box / prompt.box 300,200,400,300 lies wholly outside the 240x180 frame"),
+])
+def test_a_prompt_the_source_cannot_have_is_an_error_naming_the_option(sources, tmp_path, capsys, box, message):
+    out = tmp_path / "out"
+    assert main(["run", str(sources["short"]), "--out", str(out), "--backend", "graphcut", "--box", box]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_a_prompt_frame_past_a_source_of_unknown_length_is_reported():
+    class Unknown(_Failing):
+        def _frames(self) -> Iterator[Frame]:
+            yield from (Frame(np.zeros((2, 2, 3), np.uint8), i, i / 30) for i in range(3))
+
+    source = Unknown()
+    source.frame_count = None
+    pipeline = SimpleNamespace(prompt=SimpleNamespace(frame_index=7), finish=lambda index: [],
+                               process=lambda f: SimpleNamespace(frame=f, events=[]))
+    with pytest.raises(SourceError, match="ended after frame 2, before frame 7 of --box"):
+        list(segment(source, pipeline))
+
+
+def test_a_box_with_a_negative_coordinate_is_read_as_the_boxs_value(sources, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(sources["short"]), "--out", str(out), "--backend", "graphcut", "--no-progress",
+                 "--box", "-10,20,180,190@8"]) == 0
+    assert _manifest(out)["config"]["prompt"]["box"] == [-10.0, 20.0, 180.0, 190.0]
+    assert "product-001: ok" in capsys.readouterr().out
 
 
 # -- 6. frames too small for optical flow -----------------------------------------------------------------------
@@ -253,3 +430,29 @@ def test_a_torn_last_line_is_warned_about_once(tmp_path, capsys, caplog):
     assert main(["replay", str(session), "--out", str(tmp_path / "out")]) == 0
     said = capsys.readouterr()
     assert (said.out + said.err + caplog.text).count("is incomplete (the recorder was killed)") == 1
+
+
+@pytest.fixture
+def read_only_folder(tmp_path) -> Iterator[Path]:
+    """An empty folder this process cannot write to (root ignores modes: a read-only tmpfs then)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "none", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("running as root and cannot mount a read-only tmpfs: no folder is read-only to root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_read_only_output_folder_is_refused_before_any_frame_is_processed(sources, config, read_only_folder):
+    processed = []
+    with pytest.raises(OutputError, match=rf"{re.escape(str(read_only_folder))} \(--out\) is not writable"):
+        run(sources["short"], read_only_folder, config, on_frame=processed.append)
+    assert processed == []
