@@ -281,7 +281,7 @@ def _export(out: Path, event: ProductEnded, backend: str, source: str, config: C
     meta = {"backend": backend, "ended": event.reason, "keyframes": product.statistics()}
     best = product.pool.best()
     if best is None:
-        reason = "no frame had a usable mask"
+        reason = product.no_still_reason
     elif best.score.total < config.products.min_still_score:
         reason = (f"best still scored {best.score.total:.3f}, below products.min_still_score "
                   f"{config.products.min_still_score}")
@@ -300,7 +300,7 @@ def _export(out: Path, event: ProductEnded, backend: str, source: str, config: C
 
 def _record_spin(spins: dict[int, SpinRecorder], result: FrameResult, config: Config) -> None:
     """Keep this frame's product view for its spin set (only when spin sets are on)."""
-    if not config.spin.views or result.detections.mask is None or not len(result.detections):
+    if not config.spin.views or not result.alone or result.detections.mask is None or not len(result.detections):
         return
     number = int(result.detections.tracker_id[0])
     recorder = spins.setdefault(number, SpinRecorder(config.spin.max_crops))

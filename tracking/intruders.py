@@ -28,7 +28,7 @@ class IntruderOptions:
     reach: float = 0.04  # how far (fraction of the frame's larger side) an intruder moves between frames
     new_object_area: float = 0.01  # a new piece this large (fraction of the frame) is an object put down
     min_pixels: float = 0.0005  # intruder area (fraction of the frame) below which none is present
-    own_colours: float = 0.5  # a new piece with this share of the intruder's colours is more of the intruder
+    own_colours: float = 0.8  # a new piece with this share of the intruder's colours is more of the intruder
 
     def __post_init__(self) -> None:
         for name in ("entry_depth", "reach", "new_object_area", "min_pixels", "own_colours"):
@@ -44,6 +44,7 @@ class IntruderTracker:
         self._mask: np.ndarray | None = None  # last frame's intruder pixels
         self._foreground: np.ndarray | None = None  # last frame's foreground
         self._colours: np.ndarray | None = None  # (BINS**3,) share of the intruder's pixels in each colour bin
+        self._product_colours: np.ndarray | None = None  # the same for the product's pixels
 
     @property
     def present(self) -> bool:
@@ -68,6 +69,12 @@ class IntruderTracker:
         n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
         near = cv2.dilate(self._mask.astype(np.uint8), _disc(radius)) > 0 if self._mask is not None else None
         bins = _colour_bins(image)
+        if product is not None:
+            self._product_colours = _learn(self._product_colours, bins[product & ~foreground_of(self._mask)])
+        own = self._own_colours(bins)
+        # Around the product only the intruder's own colours are the intruder: without this the arm would eat,
+        # frame by frame, whatever edge of the product its mask missed.
+        claim = ~_grown_box(product, radius) | own if product is not None else np.ones((h, w), bool)
         mask = np.zeros((h, w), bool)
         for i in range(1, n):
             x, y, bw, bh, _ = stats[i]
@@ -76,33 +83,40 @@ class IntruderTracker:
             window = (slice(y, y + bh), slice(x, x + bw))
             piece = labels[window] == i
             if near is not None and (piece & near[window]).any():
-                kept = piece & ~self._put_down(piece, bins[window], self._foreground, (x, y), radius)
+                kept = piece & claim[window] & ~self._put_down(piece, bins[window], self._foreground, (x, y), radius)
             elif _depth(x, y, bw, bh, w, h) <= o.entry_depth:
                 kept = piece
             else:
                 continue
             mask[window] |= kept
-        if near is not None:
-            mask = self._into_product(mask, foreground & protect & near, bins)
+        if self._mask is not None:
+            reach = cv2.dilate(self._mask.astype(np.uint8), _disc(2 * radius)) > 0  # a hand moves fast
+            mask = self._into_product(mask, foreground & protect & reach & own)
         self._mask, self._foreground = mask, foreground.copy()
         self._learn_colours(bins[mask])
-        return mask
+        # The arm's own edge pixels mix it with what is behind: they are the arm's, not a rim of product.
+        return cv2.dilate(mask.astype(np.uint8), _disc(EDGE_PX)) > 0 if mask.any() else mask
 
-    def _into_product(self, mask: np.ndarray, covered: np.ndarray, bins: np.ndarray) -> np.ndarray:
-        """The intruder grown over the product where it has the intruder's colours, as far as it can move in a
-        frame (`covered`): a hand moving over the product's last mask is still the hand."""
-        if self._colours is None or not mask.any() or not covered.any():
+    def _into_product(self, mask: np.ndarray, covered: np.ndarray) -> np.ndarray:
+        """The intruder grown over the product's last mask where a hand can have moved in a frame, in the
+        intruder's colours (`covered`): a hand moving over the product is still the hand."""
+        if not mask.any() or not covered.any():
             return mask
-        own = covered & (self._colours[bins] * BINS**3 > 1.0)
-        n, labels = cv2.connectedComponents((mask | own).astype(np.uint8), connectivity=8)
+        n, labels = cv2.connectedComponents((mask | covered).astype(np.uint8), connectivity=8)
         touching = np.unique(labels[mask])
         return np.isin(labels, touching[touching > 0])
 
     def _learn_colours(self, bins: np.ndarray) -> None:
-        if len(bins) < 16:
-            return
-        share = np.bincount(bins, minlength=BINS**3) / len(bins)
-        self._colours = share if self._colours is None else 0.7 * self._colours + 0.3 * share
+        self._colours = _learn(self._colours, bins)
+
+    def _own_colours(self, bins: np.ndarray) -> np.ndarray:
+        """(H, W) bool: pixels whose colour is the intruder's rather than the product's (twice as likely)."""
+        if self._colours is None:
+            return np.ones(bins.shape, bool)
+        intruder = self._colours[bins]
+        if self._product_colours is None:
+            return intruder * BINS**3 > 1.0
+        return intruder > 2.0 * self._product_colours[bins] + 1.0 / BINS**3
 
     def _put_down(self, piece: np.ndarray, bins: np.ndarray, seen: np.ndarray | None, origin: tuple[int, int],
                   radius: int) -> np.ndarray:
@@ -121,15 +135,34 @@ class IntruderTracker:
             if stats[i, cv2.CC_STAT_AREA] < self.options.new_object_area * frame_area:
                 continue
             part = labels == i
-            if self._colours is not None:
-                own = (self._colours[bins[part]] * BINS**3 > 1.0).mean()  # bins likelier than uniform
-                if own >= self.options.own_colours:
-                    continue
+            if self._own_colours(bins[part]).mean() >= self.options.own_colours:
+                continue  # more of the intruder: an arm reaching in fast
             out |= part
         return out
 
     def reset(self) -> None:
-        self._mask = self._foreground = self._colours = None
+        self._mask = self._foreground = self._colours = self._product_colours = None
+
+
+def _learn(share: np.ndarray | None, bins: np.ndarray) -> np.ndarray | None:
+    """A colour histogram `share` (BINS**3,) updated with the colour bins of some pixels (too few: unchanged)."""
+    if len(bins) < 16:
+        return share
+    new = np.bincount(bins, minlength=BINS**3) / len(bins)
+    return new if share is None else 0.7 * share + 0.3 * new
+
+
+def foreground_of(mask: np.ndarray | None) -> np.ndarray | bool:
+    return mask if mask is not None else False
+
+
+def _grown_box(mask: np.ndarray, margin: int) -> np.ndarray:
+    """(H, W) bool: the box around `mask`'s pixels grown by `margin` px (all False for an empty mask)."""
+    out = np.zeros(mask.shape, bool)
+    ys, xs = np.nonzero(mask)
+    if len(xs):
+        out[max(ys.min() - margin, 0):ys.max() + margin + 1, max(xs.min() - margin, 0):xs.max() + margin + 1] = True
+    return out
 
 
 def _depth(x: int, y: int, bw: int, bh: int, w: int, h: int) -> float:
@@ -147,6 +180,7 @@ def _depth(x: int, y: int, bw: int, bh: int, w: int, h: int) -> float:
 
 
 BINS = 8  # colour bins per channel
+EDGE_PX = 2  # the intruder's blended edge, px
 
 
 def _colour_bins(image: np.ndarray) -> np.ndarray:

@@ -60,6 +60,8 @@ class StageOptions:
 
 
 MIN_EMPTY_FRAMES = 2  # a noise estimate needs at least two frames
+MAX_SAMPLES = 16  # empty frames kept for the noise estimate
+_MEDIAN_CHI2_3 = 2.366  # median of a chi-square with 3 degrees of freedom
 MATTE_BAND = 2  # px each side of a mask's edge that matting may relabel
 
 
@@ -73,7 +75,8 @@ class StageModel:
         self.options = options or StageOptions()
         self._count = 0
         self._mean: np.ndarray | None = None  # (H, W, 3) float32
-        self._m2: np.ndarray | None = None  # (H, W, 3) float32, sum of squared deviations
+        self._samples: list[np.ndarray] = []  # the empty frames learnt, aligned to the plate (float16)
+        self._var: np.ndarray | None = None  # (H, W) float32, noise variance per pixel (sum over channels)
         self._sigma: np.ndarray | None = None  # (H, W) float32, noise std per pixel
         self._edges: np.ndarray | None = None  # (H, W) float32, plate gradient magnitude (levels per px)
         self._sealed = False
@@ -101,14 +104,14 @@ class StageModel:
         """Add a frame known to show the empty stage."""
         x = image.astype(np.float32)
         if self._mean is None or self._mean.shape != x.shape:
-            self._count, self._mean, self._m2 = 0, np.zeros_like(x), np.zeros_like(x)
+            self._count, self._mean, self._samples = 0, np.zeros_like(x), []
         elif self._count >= MIN_EMPTY_FRAMES:
             x = self._to_plate(x, self._fit(image))  # learn the stage, not the camera's shake and exposure
         self._count += 1
-        delta = x - self._mean
-        self._mean += delta / self._count
-        self._m2 += delta * (x - self._mean)
-        self._sigma = self._edges = None
+        self._mean += (x - self._mean) / self._count
+        if len(self._samples) < MAX_SAMPLES:
+            self._samples.append(x.astype(np.float16))
+        self._sigma = self._edges = self._var = None
 
     def adapt(self, image: np.ndarray) -> None:
         """Follow slow lighting drift with a frame known to show the empty stage.
@@ -292,12 +295,24 @@ class StageModel:
         model = StageModel(self.options)
         model._count, model._sealed = self._count, self._sealed
         model._mean = cv2.resize(self._mean, (w, h), interpolation=cv2.INTER_LINEAR)
-        model._m2 = cv2.resize(self._m2, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(area_ratio)
+        model._var = cv2.resize(self._variance(), (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(area_ratio)
         return model
+
+    def _variance(self) -> np.ndarray:
+        """(H, W) noise variance, summed over channels, of the empty frames around their mean. Robust (from the
+        median squared deviation) once there are three: a platter's seam or marks turning through a pixel in
+        one frame of the warm-up are not noise, and must not blunt the stage under the product."""
+        if self._var is None:
+            d2 = np.stack([((s.astype(np.float32) - self._mean) ** 2).sum(-1) for s in self._samples])
+            if len(d2) >= 3:
+                self._var = (np.median(d2, axis=0) * (3.0 / _MEDIAN_CHI2_3)).astype(np.float32)
+            else:
+                self._var = (d2.sum(0) / max(len(d2) - 1, 1)).astype(np.float32)
+        return self._var
 
     def _noise(self) -> np.ndarray:
         if self._sigma is None:
-            var = self._m2.sum(-1) / max(self._count - 1, 1)
+            var = self._variance()
             # Few frames give a noisy variance: pool it over a neighbourhood, never below the floor.
             sigma = np.sqrt(cv2.blur(var, (15, 15)))
             self._sigma = np.maximum(sigma, self.options.noise_floor).astype(np.float32)
