@@ -153,33 +153,31 @@ class Platter:
     """A turntable disc on the floor seen in perspective: an ellipse, its front edge, a rim, marks that turn."""
 
     def __init__(self, scene: Scene, centre: tuple[float, float], radius: float, rng: np.random.Generator) -> None:
-        h, w = scene.height, scene.width
-        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        self.size, self.centre = (scene.height, scene.width), centre
         self.rx, self.ry = radius, radius * 0.26
-        u, v = (x - centre[0]) / self.rx, (y - centre[1]) / self.ry
-        self.r = np.sqrt(u * u + v * v)
-        self.phi = np.arctan2(v, u)
-        below = (np.abs(u) < 1) & (v > 0)
-        edge_v = np.sqrt(np.maximum(1 - u * u, 0)) * self.ry
-        thickness = 0.06 * radius
-        self.side = below & (y - centre[1] > edge_v) & (y - centre[1] <= edge_v + thickness) & (self.r > 0.98)
         self.marks = rng.uniform(0, 2 * np.pi, 9)
         self.shade = 0.72 + 0.04 * rng.standard_normal()
 
-    def paint(self, image: np.ndarray, angle: float) -> np.ndarray:
-        """The backdrop with the platter on it, turned by `angle` radians."""
+    def paint(self, image: np.ndarray, angle: float, offset: np.ndarray) -> np.ndarray:
+        """The backdrop with the platter on it, turned by `angle` radians, seen moved by `offset` (dx, dy) px."""
+        h, w = self.size
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        u, v = (x - self.centre[0] - offset[0]) / self.rx, (y - self.centre[1] - offset[1]) / self.ry
+        r, phi = np.sqrt(u * u + v * v), np.arctan2(v, u)
+        edge_v = np.sqrt(np.maximum(1 - u * u, 0))
+        side = (np.abs(u) < 1) & (v > edge_v) & (v <= edge_v + 0.06 / 0.26) & (r > 0.98)
         out = image.copy()
-        top = _soft(1.0 - self.r, 0.015)
-        disc = self.shade - 0.05 * (1 - self.r)  # a little brighter to its rim, where it catches the light
-        rim = _soft(self.r - 0.9, 0.01) * 0.18
-        marks = np.zeros_like(self.r)
+        top = _soft(1.0 - r, 0.015)
+        disc = self.shade - 0.05 * (1 - r)  # a little brighter to its rim, where it catches the light
+        rim = _soft(r - 0.9, 0.01) * 0.18
+        marks = np.zeros_like(r)
         for m in self.marks:
-            d = np.angle(np.exp(1j * (self.phi - m - angle)))
-            marks += np.exp(-((d / 0.05) ** 2) - ((self.r - 0.78) / 0.05) ** 2)
-        seam = np.exp(-((np.angle(np.exp(1j * (self.phi - angle))) / 0.012) ** 2)) * (self.r < 0.9) * 0.25
+            d = np.angle(np.exp(1j * (phi - m - angle)))
+            marks += np.exp(-((d / 0.05) ** 2) - ((r - 0.78) / 0.05) ** 2)
+        seam = np.exp(-((np.angle(np.exp(1j * (phi - angle))) / 0.012) ** 2)) * (r < 0.9) * 0.25
         factor = disc * (1 - rim) * (1 + 0.45 * np.clip(marks, 0, 1) - seam)
         out *= (1 - top + top * factor)[..., None]
-        out[self.side] *= 0.45
+        out[side] *= 0.45
         return out
 
 
@@ -201,16 +199,17 @@ class Arm:
         y, x = np.mgrid[0 : self.h, 0 : self.w].astype(np.float32)
         self.x, self.y = x, y
 
-    def layer(self, reach: float) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W, 3) colour and (H, W) alpha of the arm `reach` of the way in (alpha all 0 at 0)."""
+    def layer(self, reach: float, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) colour and (H, W) alpha of the arm `reach` of the way in (alpha all 0 at 0), moved by
+        `offset` (dx, dy) px."""
         alpha = np.zeros((self.h, self.w), np.float32)
         colour = np.zeros((self.h, self.w, 3), np.float32)
         if reach <= 0:
             return colour, alpha
         edge = -0.1 * self.w if self.from_left else 1.1 * self.w
-        out_x = edge
-        tip = np.array([out_x + reach * (self.target[0] - out_x), self.start_y + reach * (self.target[1] - self.start_y)])
+        tip = np.array([edge + reach * (self.target[0] - edge), self.start_y + reach * (self.target[1] - self.start_y)])
         root = np.array([edge - (0.3 * self.w if self.from_left else -0.3 * self.w), self.start_y - 0.05 * self.h])
+        tip, root = tip + offset, root + offset
         d = tip - root
         length = np.linalg.norm(d)
         t = np.clip(((self.x - root[0]) * d[0] + (self.y - root[1]) * d[1]) / length**2, 0, 1)
@@ -269,7 +268,22 @@ def shake_offsets(scene: Scene, n: int, rng: np.random.Generator) -> np.ndarray:
     return scene.shake * walk / (np.abs(walk).max() + 1e-9)
 
 
+def place_render(rgba: np.ndarray, placement: mt.Placement, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """make_turntable's placement moved by a sub-pixel `offset`: the render is area-resampled to 4x the canvas,
+    moved by whole pixels there and area-resampled down, as a sensor samples a moved scene (a bilinear shift
+    of the frame would blur every edge, which shake does not do)."""
+    if not offset.any():
+        return mt.place_render(rgba, placement)
+    k = 4
+    big = mt.Placement(placement.scale * k, placement.left * k + int(round(k * offset[0])),
+                       placement.top * k + int(round(k * offset[1])), placement.width * k, placement.height * k)
+    fg, alpha = mt.place_render(rgba, big)
+    size = (placement.width, placement.height)
+    return cv2.resize(fg, size, interpolation=cv2.INTER_AREA), cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
+
+
 def shift(image: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """A smooth layer (the backdrop) moved by `offset` (dx, dy) px."""
     if not offset.any():
         return image
     m = np.float32([[1, 0, offset[0]], [0, 1, offset[1]]])
@@ -301,20 +315,22 @@ def render_clip(data: Path, scene: Scene, out: Path) -> dict:
     records = []
     turn = np.radians(3.6 * scene.view_step)
     for i in range(tl.frames):
-        stage = platter.paint(backdrop, turn * i) if platter is not None else backdrop
+        offset = offsets[i]
+        stage = shift(backdrop, offset)
+        if platter is not None:
+            stage = platter.paint(stage, turn * i, offset)
         image, gt = stage, np.zeros((scene.height, scene.width), np.float32)
         view = i - tl.first
         if 0 <= view < len(views):
-            fg, alpha = mt.place_render(mt.read_rgba(orbit.rgba_paths[views[view]]), placement)
+            fg, alpha = place_render(mt.read_rgba(orbit.rgba_paths[views[view]]), placement, offset)
             image = recolour(fg, alpha, scene.product) + (1 - alpha[..., None]) * stage * (1 - contact_shadow(alpha)[..., None])
             gt = alpha
         reach = max(arm_reach(i, tl.place), arm_reach(i, tl.take)) if arm is not None else 0.0
         operator = np.zeros_like(gt)
         if reach > 0:
-            colour, operator = arm.layer(reach)
+            colour, operator = arm.layer(reach, offset)
             image = operator[..., None] * colour + (1 - operator[..., None]) * image
-        image = shift(image * np.float32(gains[i]), offsets[i])
-        gt, operator = shift(gt * (1 - operator), offsets[i]), shift(operator, offsets[i])
+        image, gt = image * np.float32(gains[i]), gt * (1 - operator)
         writer.write(np.clip(np.round(mt.sensor_noise(image, noise_rng)), 0, 255).astype(np.uint8))
         mask = gt >= 0.5
         cv2.imwrite(str(out / "gt" / f"{i:05d}.png"), mask.astype(np.uint8) * 255)
