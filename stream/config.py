@@ -20,6 +20,7 @@ import yaml
 
 from turncrop.models.graphcut import GraphCutOptions
 from turncrop.stream.export import ExportOptions
+from turncrop.tracking.intruders import IntruderOptions
 from turncrop.tracking.keyframes import KeyframeOptions
 from turncrop.tracking.products import PipelineOptions, ProductOptions
 from turncrop.tracking.propagation import PropagationOptions
@@ -166,6 +167,7 @@ class Config:
     keyframes: KeyframeOptions = field(default_factory=KeyframeOptions)
     propagation: PropagationOptions = field(default_factory=PropagationOptions)
     products: ProductOptions = field(default_factory=ProductOptions)
+    intruders: IntruderOptions = field(default_factory=IntruderOptions)
     stills: StillWeights = field(default_factory=StillWeights)
     export: ExportOptions = field(default_factory=ExportOptions)
     spin: SpinOptions = field(default_factory=SpinOptions)
@@ -180,7 +182,7 @@ class Config:
         stage = {f.name: getattr(self.stage, f.name) for f in dataclasses.fields(StageOptions)}
         return PipelineOptions(
             stage=StageOptions(**stage), use_stage=self.stage.enabled, keyframes=self.keyframes,
-            propagation=self.propagation, products=self.products, stills=self.stills,
+            propagation=self.propagation, products=self.products, stills=self.stills, intruders=self.intruders,
         )
 
     def to_dict(self) -> dict[str, Any]:

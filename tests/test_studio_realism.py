@@ -106,30 +106,34 @@ def test_auto_exposure_and_white_balance_cost_nothing(studio, variant, camera, c
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_camera_shake_and_a_turning_platter_cost_little(studio, variant):
-    clean = studio(variant)
-    shaken, platter = studio(variant, shake=1.5), studio(variant, platter=True)
-    # Issue 10 asks for 0.01; registration and edge-aware noise hold shake to 0.03 and the platter to 0.06.
-    assert shaken.mean_j >= clean.mean_j - 0.03, (clean.mean_j, shaken.mean_j)
-    assert platter.mean_j >= clean.mean_j - 0.06, (clean.mean_j, platter.mean_j)
-    _assert_one_clean_product(shaken, min_still_j=0.9)
-    _assert_one_clean_product(platter, min_still_j=0.9)
+def test_camera_shake_costs_nothing(studio, variant):
+    clean, shaken = studio(variant), studio(variant, shake=1.5)
+    assert shaken.mean_j >= clean.mean_j - 0.01, (clean.mean_j, shaken.mean_j)
+    _assert_one_clean_product(shaken, min_still_j=0.93)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_turning_platter_is_stage(studio, variant):
+    clean, platter = studio(variant), studio(variant, platter=True)
+    # Issue 10 asks for 0.01; what is still lost is the dark cable lying on the dark platter (contrast).
+    assert platter.mean_j >= clean.mean_j - 0.035, (clean.mean_j, platter.mean_j)
+    _assert_one_clean_product(platter, min_still_j=0.92)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_operators_arm_is_not_the_product(studio, variant):
-    o = studio(variant, arm=True)
+    clean, o = studio(variant), studio(variant, arm=True)
     # One product, nothing on the frames where only the arm is in view, a still from a frame without it.
-    _assert_one_clean_product(o, min_still_j=0.95)
-    assert o.mean_j >= 0.74, o.mean_j  # issue 10: within 0.01 of the clean clip (the hand over the product)
+    _assert_one_clean_product(o, min_still_j=0.94)
+    assert o.mean_j >= clean.mean_j - 0.02, (clean.mean_j, o.mean_j)  # issue 10: 0.01
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_realistic_session(studio, variant):
     o = studio(variant, arm=True, platter=True, exposure=0.12 if variant == "developed" else 0.15, shake=1.5)
     _assert_one_clean_product(o, min_still_j=0.9)
-    assert o.mean_j >= 0.74, o.mean_j  # issue 10: 0.95 and a still at 0.97
-    assert o.encoder_calls_per_frame <= 0.3, o.encoder_calls_per_frame
+    assert o.mean_j >= 0.9, o.mean_j  # issue 10: 0.95 and a still at 0.97
+    assert o.encoder_calls_per_frame <= 0.25, o.encoder_calls_per_frame
 
 
 @pytest.mark.xfail(strict=True, reason="known limit: a near-white product on a white sweep (README, Known limits)")

@@ -70,7 +70,8 @@ class IntruderTracker:
         near = cv2.dilate(self._mask.astype(np.uint8), _disc(radius)) > 0 if self._mask is not None else None
         bins = _colour_bins(image)
         if product is not None:
-            self._product_colours = _learn(self._product_colours, bins[product & ~foreground_of(self._mask)])
+            shown = product if self._mask is None else product & ~self._mask
+            self._product_colours = _learn(self._product_colours, bins[shown])
         own = self._own_colours(bins)
         # Around the product only the intruder's own colours are the intruder: without this the arm would eat,
         # frame by frame, whatever edge of the product its mask missed.
@@ -150,10 +151,6 @@ def _learn(share: np.ndarray | None, bins: np.ndarray) -> np.ndarray | None:
         return share
     new = np.bincount(bins, minlength=BINS**3) / len(bins)
     return new if share is None else 0.7 * share + 0.3 * new
-
-
-def foreground_of(mask: np.ndarray | None) -> np.ndarray | bool:
-    return mask if mask is not None else False
 
 
 def _grown_box(mask: np.ndarray, margin: int) -> np.ndarray:
