@@ -25,7 +25,7 @@ views that touch the render's border are skipped so that the product is whole in
 shadow is a soft darkening under its own silhouette (a cheap stand-in for `make_turntable.py`'s ray-marched
 one). Outputs in --out: video.mp4 (H.264), gt/NNNNN.png (255 where the product's alpha >= 128 and no hand
 covers it) and clip.json (per frame: whether the product and the arm are in it, and whether the product is
-alone on the stage). Deterministic for a given set of arguments (and libx264 build).
+alone on the stage). Bit-exact for a given set of arguments (and libx264 build): the encoder runs on one thread.
 """
 from __future__ import annotations
 
@@ -290,63 +290,91 @@ def shift(image: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return cv2.warpAffine(image, m, (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def render_clip(data: Path, scene: Scene, out: Path) -> dict:
-    """Write video.mp4, gt/ and clip.json for `scene` into `out`; returns the clip description."""
-    orbit = mt.load_orbit(data)
-    views = usable_views(orbit)[:: scene.view_step]
-    tl = timeline(scene, len(views))
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(scene.seed).spawn(5)]
-    backdrop = make_backdrop(scene, rngs[0])
-    side = int(round(scene.height * scene.scale))
-    jitter = rngs[1].uniform(-0.06, 0.06) * scene.width
-    left = int(round((scene.width - side) / 2 + jitter))
-    top = int(round((scene.height - side) * 0.7))
-    placement = mt.Placement(side / orbit.size, left, top, scene.width, scene.height)
-    base = (left + side / 2, top + 0.86 * side)
-    platter = Platter(scene, base, 0.42 * side, rngs[2]) if scene.platter else None
-    arm = Arm(scene, (base[0] + 0.12 * side, base[1] - 0.18 * side), rngs[3]) if scene.arm else None
-    gains = photometric_gains(scene, tl)
-    offsets = shake_offsets(scene, tl.frames, rngs[4])
-    noise_rng = np.random.default_rng(np.random.SeedSequence(scene.seed).spawn(6)[5])
+@dataclass(frozen=True)
+class Shot:
+    """One rendered frame: (H, W, 3) uint8 RGB, the (H, W) bool ground truth and what is in view."""
 
-    shutil.rmtree(out / "gt", ignore_errors=True)
-    (out / "gt").mkdir(parents=True)
-    writer = mt.H264Writer(out / "video.mp4", scene.width, scene.height, scene.fps, scene.crf)
-    records = []
-    turn = np.radians(3.6 * scene.view_step)
-    for i in range(tl.frames):
-        offset = offsets[i]
-        stage = shift(backdrop, offset)
-        if platter is not None:
-            stage = platter.paint(stage, turn * i, offset)
+    image: np.ndarray
+    mask: np.ndarray
+    arm_pixels: int
+
+    def record(self, index: int) -> dict:
+        product = bool(self.mask.any())
+        return {"frame": index, "product": product, "arm_pixels": self.arm_pixels,
+                "alone": product and self.arm_pixels == 0}
+
+
+class StudioClip:
+    """The frames of one `Scene`: the mic orbit on its stage, as the camera sees it."""
+
+    def __init__(self, data: Path, scene: Scene) -> None:
+        self.scene, self.orbit = scene, mt.load_orbit(data)
+        self.views = usable_views(self.orbit)[:: scene.view_step]
+        self.timeline = timeline(scene, len(self.views))
+        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(scene.seed).spawn(5)]
+        self.backdrop = make_backdrop(scene, rngs[0])
+        side = int(round(scene.height * scene.scale))
+        left = int(round((scene.width - side) / 2 + rngs[1].uniform(-0.06, 0.06) * scene.width))
+        top = int(round((scene.height - side) * 0.7))
+        self.placement = mt.Placement(side / self.orbit.size, left, top, scene.width, scene.height)
+        base = (left + side / 2, top + 0.86 * side)
+        self.platter = Platter(scene, base, 0.42 * side, rngs[2]) if scene.platter else None
+        self.arm = Arm(scene, (base[0] + 0.12 * side, base[1] - 0.18 * side), rngs[3]) if scene.arm else None
+        self.gains = photometric_gains(scene, self.timeline)
+        self.offsets = shake_offsets(scene, self.timeline.frames, rngs[4])
+        self.noise = np.random.default_rng(np.random.SeedSequence(scene.seed).spawn(6)[5])
+
+    def shots(self):
+        """Every frame of the clip, in order (`Shot`)."""
+        for i in range(self.timeline.frames):
+            yield self.shot(i)
+
+    def shot(self, i: int) -> Shot:
+        scene, offset = self.scene, self.offsets[i]
+        stage = shift(self.backdrop, offset)
+        if self.platter is not None:
+            stage = self.platter.paint(stage, np.radians(3.6 * scene.view_step) * i, offset)
         image, gt = stage, np.zeros((scene.height, scene.width), np.float32)
-        view = i - tl.first
-        if 0 <= view < len(views):
-            fg, alpha = place_render(mt.read_rgba(orbit.rgba_paths[views[view]]), placement, offset)
-            image = recolour(fg, alpha, scene.product) + (1 - alpha[..., None]) * stage * (1 - contact_shadow(alpha)[..., None])
-            gt = alpha
-        reach = max(arm_reach(i, tl.place), arm_reach(i, tl.take)) if arm is not None else 0.0
+        view = i - self.timeline.first
+        if 0 <= view < len(self.views):
+            fg, alpha = place_render(mt.read_rgba(self.orbit.rgba_paths[self.views[view]]), self.placement, offset)
+            shadow = 1 - contact_shadow(alpha)[..., None]
+            image, gt = recolour(fg, alpha, scene.product) + (1 - alpha[..., None]) * stage * shadow, alpha
+        reach = max(arm_reach(i, self.timeline.place), arm_reach(i, self.timeline.take)) if self.arm else 0.0
         operator = np.zeros_like(gt)
         if reach > 0:
-            colour, operator = arm.layer(reach, offset)
+            colour, operator = self.arm.layer(reach, offset)
             image = operator[..., None] * colour + (1 - operator[..., None]) * image
-        image, gt = image * np.float32(gains[i]), gt * (1 - operator)
-        writer.write(np.clip(np.round(mt.sensor_noise(image, noise_rng)), 0, 255).astype(np.uint8))
-        mask = gt >= 0.5
-        cv2.imwrite(str(out / "gt" / f"{i:05d}.png"), mask.astype(np.uint8) * 255)
-        arm_px = int((operator >= 0.5).sum())
-        records.append({"frame": i, "product": bool(mask.any()), "arm_pixels": arm_px,
-                        "alone": bool(mask.any()) and arm_px == 0})
+        image, gt = image * np.float32(self.gains[i]), gt * (1 - operator)
+        rgb = np.clip(np.round(mt.sensor_noise(image, self.noise)), 0, 255).astype(np.uint8)
+        return Shot(rgb, gt >= 0.5, int((operator >= 0.5).sum()))
+
+    def description(self, records: list[dict]) -> dict:
+        return {
+            "generator": "recordings/make_studio.py", "generator_version": GENERATOR_VERSION,
+            "scene": asdict(self.scene), "frame_count": self.timeline.frames,
+            "product_frames": [self.timeline.first, self.timeline.last],
+            "source_views": [int(v) for v in self.views],
+            "licence": "CC BY 3.0 (renders, NeRF synthetic); product model CC-0", "attribution": mt.ATTRIBUTION,
+            "frames": records,
+        }
+
+
+def render_clip(data: Path, scene: Scene, out: Path) -> dict:
+    """Write video.mp4, gt/ and clip.json for `scene` into `out`; returns the clip description."""
+    clip = StudioClip(data, scene)
+    shutil.rmtree(out / "gt", ignore_errors=True)
+    (out / "gt").mkdir(parents=True)
+    writer = mt.H264Writer(out / "video.mp4", scene.width, scene.height, scene.fps, scene.crf, threads=1)
+    records = []
+    for i, shot in enumerate(clip.shots()):
+        writer.write(shot.image)
+        cv2.imwrite(str(out / "gt" / f"{i:05d}.png"), shot.mask.astype(np.uint8) * 255)
+        records.append(shot.record(i))
     writer.close()
-    clip = {
-        "generator": "recordings/make_studio.py", "generator_version": GENERATOR_VERSION,
-        "scene": asdict(scene), "frame_count": tl.frames, "product_frames": [tl.first, tl.last],
-        "source_views": [int(v) for v in views],
-        "licence": "CC BY 3.0 (renders, NeRF synthetic); product model CC-0", "attribution": mt.ATTRIBUTION,
-        "frames": records,
-    }
-    (out / "clip.json").write_text(json.dumps(clip, indent=1))
-    return clip
+    description = clip.description(records)
+    (out / "clip.json").write_text(json.dumps(description, indent=1))
+    return description
 
 
 def main(argv: list[str] | None = None) -> int:

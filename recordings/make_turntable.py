@@ -365,11 +365,13 @@ def sensor_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class H264Writer:
     """Writes RGB frames as H.264 (libx264, yuv420p, BT.709 limited range) in an mp4."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int) -> None:
+    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int, threads: int | None = None) -> None:
+        """`threads=1` makes the output bit-exact from run to run (libx264's threads decide differently under load)."""
         self.container = av.open(str(path), "w", options={"movflags": "faststart"})
-        self.stream = self.container.add_stream(
-            "libx264", rate=fps, options={"crf": str(crf), "preset": "slow", "g": str(2 * fps)}
-        )
+        options = {"crf": str(crf), "preset": "slow", "g": str(2 * fps)}
+        self.stream = self.container.add_stream("libx264", rate=fps, options=options)
+        if threads is not None:
+            self.stream.codec_context.thread_count = threads
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         ctx = self.stream.codec_context
         ctx.colorspace = ctx.color_primaries = ctx.color_trc = 1  # BT.709, tagged so players agree
