@@ -148,7 +148,9 @@ def test_a_stopped_run_finishes_the_product_on_stage_and_says_it_was_interrupted
     out = tmp_path / "out"
     process = subprocess.Popen(_cli("run", str(sources["long"]), "--out", str(out), "--backend", "graphcut",
                                     "--no-progress", "-v"), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    _wait_for_line(process, r"keyframe at frame (1[2-9]|[2-9]\d)")  # the product has been on stage a while
+    start = int(_wait_for_line(process, r"product-001 started at frame (\d+)")[1])
+    while int(_wait_for_line(process, r"keyframe at frame (\d+)")[1]) < start + 8:
+        pass  # until the product has been on stage for a while (keyframes come at least every 8 frames)
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
@@ -275,7 +277,8 @@ def test_batch_workers_die_with_a_killed_driver_and_commit_nothing(sources, tmp_
         time.sleep(0.05)
     assert not _alive(workers[0]), "the worker outlived its driver"
     assert not [p.name for p in out.iterdir() if not p.name.startswith(".")]  # no output renamed into place
-    assert len(clean_partial(out)) == 1  # the dead job's hidden folder is a leftover the next batch removes
+    clean_partial(out)  # what the next batch does first: the dead job's hidden folder is no live one's
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
 
 
 def test_the_batch_lock_excludes_a_second_driver_while_a_worker_of_the_first_lives(sources, config, tmp_path):
