@@ -14,6 +14,9 @@ mask of every frame, bit-packed like the golden masks) and its golden outputs (`
   operator_clicks/     no stage model (stage.enabled: false), so the operator's box starts the product: the
                        box covers only the microphone's head; 8 frames later two clicks on the stand and
                        the base correct the mask
+  studio_realistic/    a real session's troubles (`make_studio.py`): the operator's arm puts the mic down on
+                       a turning platter and takes it away, auto-exposure brightens 12 % while it is on
+                       stage, the camera shakes by 1.5 px
 
 Frames are composited as `make_turntable.py` does (same backdrop, contact shadow from the visual hull,
 exposure flicker, sensor noise), at a quarter of its area. Deterministic for a given --seed, except the
@@ -35,6 +38,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_studio  # noqa: E402  (the sibling generator of realistic sessions)
 import make_turntable as mt  # noqa: E402  (the sibling generator: backdrop, shadow, noise)
 
 from turncrop.stream.config import load_config  # noqa: E402
@@ -138,10 +142,10 @@ def write_gt(folder: Path, masks: list[np.ndarray]) -> None:
 
 
 def record(folder: Path, frames: list[np.ndarray], config, description: str,
-           events: dict[int, list[dict]] | None = None) -> None:
+           events: dict[int, list[dict]] | None = None, attribution: dict | None = None) -> None:
     """A `turncrop record`-style session (no live run): every frame, plus operator commands before frames."""
-    extra = {"description": description, "attribution": ATTRIBUTION, "generator": "recordings/make_sessions.py",
-             "ground_truth": "gt.npz"}
+    extra = {"description": description, "attribution": attribution or ATTRIBUTION,
+             "generator": "recordings/make_sessions.py", "ground_truth": "gt.npz"}
     with SessionRecorder(folder, config, FPS, (HEIGHT, WIDTH), source="recordings/make_sessions.py",
                          codec="h264", crf=CRF, extra=extra) as recorder:
         for i, image in enumerate(frames):
@@ -193,11 +197,12 @@ Made by `python recordings/make_sessions.py --data ../shared/data/nerf_mic_orbit
 """
 
 
-def write_readme(folder: Path, description: str, live: bool = False, commands: bool = False) -> None:
+def write_readme(folder: Path, description: str, live: bool = False, commands: bool = False,
+                 changes: str = ATTRIBUTION["changes"]) -> None:
     (folder / "README.md").write_text(README.format(
         name=folder.name, description=description, crf=CRF, width=WIDTH, height=HEIGHT, fps=FPS,
         live=", the live run's processed frames and keyframe hand-offs" if live else "",
-        commands=", the operator's box and clicks" if commands else "", changes=ATTRIBUTION["changes"]))
+        commands=", the operator's box and clicks" if commands else "", changes=changes))
 
 
 DESCRIPTIONS = {
@@ -214,7 +219,20 @@ DESCRIPTIONS = {
                         "head (the top 45 % of the product), at frame 14 two positive clicks on the stand and the "
                         "base. The golden masks after the clicks hold the whole product; a replay without the clicks "
                         "keeps only the head (tests/test_replay.py checks it). Replays every frame."),
+    "studio_realistic": ("A real turntable session's troubles, made by `recordings/make_studio.py` (seed 0): the "
+                         "empty stage with a turning platter (12 frames), the operator's arm reaching in from the "
+                         "side and putting the mic down (it holds it for 3 frames, then leaves), the mic turning "
+                         "with the platter (36 frames, 7.2 degrees a frame), the arm coming back to take it, the "
+                         "empty stage (8 frames). Auto-exposure brightens the frame by 12 % while the mic is on "
+                         "stage; the camera shakes by up to 1.5 px. The ground truth excludes the hand where it "
+                         "covers the mic; `frames.json` tells per frame whether the mic and the arm are in view. The still "
+                         "must come from a frame without the arm. Replays every frame."),
 }
+STUDIO_SCENE = make_studio.Scene(width=WIDTH, height=HEIGHT, fps=int(FPS), arm=True, platter=True, exposure=0.12,
+                                 shake=1.5, seed=0)
+STUDIO_CHANGES = ("renders scaled to fit, composited over a synthetic studio sweep with a synthetic platter, contact "
+                  "shadow, operator's arm, exposure ramp, camera shake and sensor noise, encoded as H.264; "
+                  "empty-stage frames added")
 
 
 def clicks_for(mask: np.ndarray, box: np.ndarray, n: int = 2) -> np.ndarray:
@@ -242,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="the nerf_mic_orbit folder")
     parser.add_argument("--out", type=Path, required=True, help="folder to hold the session folders (replaced)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=("orbit_live", "two_products", "operator_clicks"), action="append")
+    parser.add_argument("--only", choices=tuple(DESCRIPTIONS), action="append")
     args = parser.parse_args(argv)
-    studio = Studio(args.data, args.seed)
+    studio = Studio(args.data, args.seed) if not args.only or set(args.only) - {"studio_realistic"} else None
     graphcut = load_config("default", {"backend": "graphcut"})
     made = []
 
@@ -284,9 +302,17 @@ def main(argv: list[str] | None = None) -> int:
         record(folder, frames, config, DESCRIPTIONS["operator_clicks"], events)
         write_gt(folder, masks)
 
+    if folder := fresh("studio_realistic"):
+        shots = list(make_studio.StudioClip(args.data, STUDIO_SCENE).shots())
+        record(folder, [s.image for s in shots], graphcut, DESCRIPTIONS["studio_realistic"],
+               attribution={**ATTRIBUTION, "changes": STUDIO_CHANGES})
+        write_gt(folder, [s.mask for s in shots])
+        (folder / "frames.json").write_text(json.dumps([s.record(i) for i, s in enumerate(shots)]) + "\n")
+
     for folder in made:
         write_readme(folder, DESCRIPTIONS[folder.name], live=folder.name == "orbit_live",
-                     commands=folder.name == "operator_clicks")
+                     commands=folder.name == "operator_clicks",
+                     changes=STUDIO_CHANGES if folder.name == "studio_realistic" else ATTRIBUTION["changes"])
         # The golden outputs come from a replay of the session as it is now (on purpose).
         subprocess.run([sys.executable, "-m", "turncrop.stream.cli", "replay", str(folder), "--update-golden"],
                        check=True)

@@ -25,7 +25,7 @@ from turncrop.tracking.operator import OperatorCommand
 
 from data_paths import RECORDINGS, write_short_session
 
-BUNDLED = ["orbit_live", "two_products", "operator_clicks"]
+BUNDLED = ["orbit_live", "two_products", "operator_clicks", "studio_realistic"]
 
 
 def _tree_hash(folder: Path) -> str:
@@ -233,7 +233,7 @@ def test_bundled_session_passes_its_golden_check(name, tmp_path, capsys):
     assert code == 0, out
     assert _tree_hash(folder) == before
     golden = load_golden(folder)
-    expected = {"orbit_live": 1, "two_products": 2, "operator_clicks": 1}[name]
+    expected = {"orbit_live": 1, "two_products": 2, "operator_clicks": 1, "studio_realistic": 1}[name]
     assert len(golden.info["products"]) == expected
     assert all(p["status"] == "ok" for p in golden.info["products"])
 
@@ -251,6 +251,23 @@ def test_two_products_are_found_in_their_own_spans():
     assert spans[1][0] == second[0] and abs(spans[1][1] - second[-1]) <= 3
     js = [_j(golden.mask(i), gt[i]) for i in on_stage]
     assert np.mean(js) >= 0.9, np.mean(js)
+
+
+def test_studio_realistic_keeps_the_operator_out():
+    """The realistic session's golden outputs (which `--check` holds every replay to): the arm starts no product,
+    is in no mask on the frames without the mic, and the still comes from a frame the mic has to itself."""
+    folder = RECORDINGS / "studio_realistic"
+    golden = load_golden(folder)
+    gt = _gt(folder, golden.size)
+    shots = json.loads((folder / "frames.json").read_text())
+    on_stage = [i for i, m in sorted(gt.items()) if m.any()]
+    assert len(golden.info["products"]) == 1
+    still = golden.info["products"][0]["frame_index"]
+    assert shots[still]["alone"], still
+    assert _j(golden.mask(still), gt[still]) >= 0.95
+    assert np.mean([_j(golden.mask(i), gt[i]) for i in on_stage]) >= 0.9
+    empty = [i for i in sorted(gt) if not gt[i].any()]
+    assert all(golden.mask(i) is None or golden.mask(i).mean() <= 0.005 for i in empty)
 
 
 @pytest.mark.slow
