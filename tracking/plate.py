@@ -6,10 +6,11 @@ estimated per frame from the visible stage and applied to the plate before it is
 
   * the shift is found with OpenCV's ECC (translation), which ignores a global gain and offset, on a grey
     image of at most `FIT_SIDE` px, with the last frame's foreground masked out;
-  * the gain is a smooth field per channel, log g_c(u, v) = a_c + b_c u + c_c v over normalised image
-    coordinates (a lamp that dims on one side is a gradient, not a constant), fitted by iteratively reweighted
-    least squares (Tukey's biweight) on block averages: the product, the operator and shadows are outliers
-    of that fit, whatever their colour.
+  * the gain is one number per channel (auto-exposure and white balance scale the whole frame), the robust
+    mean of log(frame / plate) by iteratively reweighted least squares (Tukey's biweight) on block averages:
+    the product, the operator and shadows are outliers of that fit, whatever their colour. A gain field
+    (a plane in log space) was tried and dropped: the product's own soft shadow, a large region a few % darker,
+    tilted it and lit the far corners up as foreground.
 """
 from __future__ import annotations
 
@@ -21,34 +22,24 @@ import numpy as np
 FIT_SIDE = 160  # px on the larger side of the grid the fits run on
 _TUKEY = 4.685
 _MIN_SCALE = 0.004  # log-gain residual scale never assumed below ~0.4 %
+_SHIFT_GAIN = 0.2  # share of the frame's decorrelation from the plate a shift must remove to be believed
 
 
 @dataclass(frozen=True)
 class PlateFit:
-    """The plate's shift (dx, dy) in frame pixels and its (3, 3) log-gain coefficients [a, b, c] per channel."""
+    """The plate's shift (dx, dy) in frame pixels and its gain per channel, (3,) float32 (None: not fitted)."""
 
     shift: tuple[float, float] = (0.0, 0.0)
-    log_gain: np.ndarray | None = None
+    gain: np.ndarray | None = None
 
     @property
     def moved(self) -> bool:
         return abs(self.shift[0]) + abs(self.shift[1]) > 0.05
 
-    def gain_field(self, size: tuple[int, int]) -> np.ndarray | None:
-        """(H, W, 3) float32 per-channel gain, or None when no gain was fitted."""
-        if self.log_gain is None:
-            return None
-        h, w = size
-        u = np.linspace(-1, 1, w, dtype=np.float32)[None, :, None]
-        v = np.linspace(-1, 1, h, dtype=np.float32)[:, None, None]
-        a, b, c = (self.log_gain[:, k].astype(np.float32) for k in range(3))
-        return np.exp(a + b * u + c * v).astype(np.float32)
-
     def apply(self, plate: np.ndarray) -> np.ndarray:
         """The plate (H, W, C) float32 moved and rescaled as this frame sees it."""
         out = shift_image(plate, self.shift)
-        gain = self.gain_field(plate.shape[:2])
-        return out if gain is None else out * gain
+        return out if self.gain is None else out * self.gain
 
 
 def shift_image(image: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
@@ -81,55 +72,60 @@ def fit_plate(image: np.ndarray, plate: np.ndarray, outliers: np.ndarray | None,
     shift = _fit_shift(small_x, small_b, usable, step, max_shift, initial) if max_shift > 0 else (0.0, 0.0)
     if shift != (0.0, 0.0):
         small_b = cv2.resize(shift_image(plate, shift), size, interpolation=cv2.INTER_AREA)
-    return PlateFit(shift=shift, log_gain=_fit_gain(small_x, small_b, usable))
+    return PlateFit(shift=shift, gain=_fit_gain(small_x, small_b, usable))
 
 
 def _fit_shift(x: np.ndarray, b: np.ndarray, usable: np.ndarray, step: int, max_shift: float,
                initial: tuple[float, float]) -> tuple[float, float]:
+    """The plate's shift in frame px: ECC's answer if it explains the frame clearly better than no shift.
+
+    On a featureless sweep ECC has nothing to hold on to and answers with an arbitrary shift of a few px; a
+    plate moved by that is worse than one left in place (its compression pattern and banding no longer
+    line up), so a shift must earn its place: it has to remove `_SHIFT_GAIN` of the decorrelation left.
+    """
     grey_x = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
     grey_b = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY)
-    warp = np.float32([[1, 0, initial[0] / step], [0, 1, initial[1] / step]])
     mask = cv2.erode(usable.astype(np.uint8), np.ones((3, 3), np.uint8))
+    start = np.float32([[1, 0, -initial[0] / step], [0, 1, -initial[1] / step]])
     try:
-        # ECC warps the template (the plate) onto the input: the warp found is the plate's shift.
-        _, warp = cv2.findTransformECC(grey_x, grey_b, warp, cv2.MOTION_TRANSLATION,
+        # ECC warps the input (the plate) onto the template (the frame): plate(p + t) ~ frame(p).
+        _, warp = cv2.findTransformECC(grey_x, grey_b, start.copy(), cv2.MOTION_TRANSLATION,
                                        (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4), mask, 3)
+        found = (-float(warp[0, 2]) * step, -float(warp[1, 2]) * step)
     except cv2.error:
-        return initial
-    dx, dy = -float(warp[0, 2]) * step, -float(warp[1, 2]) * step
-    if not np.isfinite(dx + dy) or np.hypot(dx, dy) > max_shift:
-        return initial
-    return (dx, dy)
+        return (0.0, 0.0)
+    if not np.isfinite(sum(found)) or np.hypot(*found) > max_shift:
+        return (0.0, 0.0)
+
+    def correlation(shift: tuple[float, float]) -> float:
+        moved = shift_image(grey_b, (shift[0] / step, shift[1] / step))
+        return cv2.computeECC(grey_x, moved, mask)
+
+    still = correlation((0.0, 0.0))
+    return found if 1.0 - correlation(found) < (1.0 - _SHIFT_GAIN) * (1.0 - still) else (0.0, 0.0)
 
 
 def _fit_gain(x: np.ndarray, b: np.ndarray, usable: np.ndarray) -> np.ndarray | None:
-    """(3, 3) log-gain plane per channel, or None when too little of the stage is visible or exposed."""
+    """(3,) float32 gain per channel, or None when too little of the stage is visible or exposed."""
     h, w = usable.shape
-    u, v = np.meshgrid(np.linspace(-1, 1, w, dtype=np.float32), np.linspace(-1, 1, h, dtype=np.float32))
     exposed = (x > 3).all(-1) & (b > 3).all(-1) & (x < 250).all(-1) & (b < 250).all(-1)
     keep = usable & exposed
     if keep.sum() < 0.1 * h * w:
         keep = exposed  # the foreground took most of the frame: let the robust weights sort it out
         if keep.sum() < 16:
             return None
-    design = np.stack([np.ones(keep.sum(), np.float32), u[keep], v[keep]], 1)
-    coeffs = np.zeros((3, 3))
-    for c in range(3):
-        target = np.log(x[..., c][keep] / b[..., c][keep])
-        coeffs[c] = _robust_plane(design, target)
-    return coeffs
+    return np.exp([_robust_mean(np.log(x[..., c][keep] / b[..., c][keep])) for c in range(3)]).astype(np.float32)
 
 
-def _robust_plane(design: np.ndarray, target: np.ndarray, iterations: int = 6) -> np.ndarray:
-    """Least-squares plane through `target` with Tukey weights, started from the median (no slope)."""
-    beta = np.array([np.median(target), 0.0, 0.0])
+def _robust_mean(values: np.ndarray, iterations: int = 6) -> float:
+    """Tukey-weighted mean of `values`, started from their median."""
+    centre = float(np.median(values))
     for _ in range(iterations):
-        residual = target - design @ beta
-        scale = max(1.4826 * np.median(np.abs(residual - np.median(residual))), _MIN_SCALE)
+        residual = values - centre
+        scale = max(1.4826 * float(np.median(np.abs(residual))), _MIN_SCALE)
         r = residual / (_TUKEY * scale)
         weight = np.where(np.abs(r) < 1, (1 - r * r) ** 2, 0.0)
         if weight.sum() < 8:
             break
-        wd = design * weight[:, None]
-        beta = np.linalg.lstsq(wd.T @ design + 1e-6 * np.eye(3), wd.T @ target, rcond=None)[0]
-    return beta
+        centre = float((weight * values).sum() / weight.sum())
+    return centre

@@ -10,7 +10,7 @@ scales the backdrop smoothly, a product's surface does not. So the shadow explan
 where the brightness ratio is locally smooth.
 
 A real rig also shakes and re-exposes: every frame is compared with the plate as `tracking/plate.py` fits it
-to that frame (shifted, and rescaled by a smooth per-channel gain), and where the plate has edges (a platter's
+to that frame (shifted, and rescaled by a per-channel gain), and where the plate has edges (a platter's
 rim, a seam) the residual a sub-pixel misregistration leaves is part of the noise.
 """
 from __future__ import annotations
@@ -36,8 +36,6 @@ class StageOptions:
     shadow_cost: float = 2.0  # residual (noise std) charged for the deepest allowed shadow
     shadow_texture: float = 1.0  # residual charged per noise std of brightness-ratio texture
     shadow_doubt: float = 4.0  # strongest background log-odds a shadow-like pixel gets
-    surface_texture: float = 2.0  # residual (noise std) charged per noise std of detail the plate lacks
-    texture_noise: float = 1.5  # detail (noise std) that sensor and compression noise alone give
     min_area: float = 0.002  # smallest product, as a fraction of the frame
     adapt_rate: float = 0.02  # how fast backdrop pixels far from the product follow lighting drift
     max_shift: float = 4.0  # largest camera shake (px) registered against the plate; 0 = a rigid camera
@@ -53,15 +51,12 @@ class StageOptions:
         for name in ("max_shift", "registration_px"):
             if getattr(self, name) < 0:
                 raise ValueError(f"stage.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("noise_floor", "threshold", "evidence_scale", "evidence_clip", "min_area", "shadow_doubt",
-                     "surface_texture", "texture_noise"):
+        for name in ("noise_floor", "threshold", "evidence_scale", "evidence_clip", "min_area", "shadow_doubt"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"stage.{name} must be > 0, got {getattr(self, name)}")
 
 
 MIN_EMPTY_FRAMES = 2  # a noise estimate needs at least two frames
-MAX_SAMPLES = 16  # empty frames kept for the noise estimate
-_MEDIAN_CHI2_3 = 2.366  # median of a chi-square with 3 degrees of freedom
 MATTE_BAND = 2  # px each side of a mask's edge that matting may relabel
 
 
@@ -75,8 +70,7 @@ class StageModel:
         self.options = options or StageOptions()
         self._count = 0
         self._mean: np.ndarray | None = None  # (H, W, 3) float32
-        self._samples: list[np.ndarray] = []  # the empty frames learnt, aligned to the plate (float16)
-        self._var: np.ndarray | None = None  # (H, W) float32, noise variance per pixel (sum over channels)
+        self._m2: np.ndarray | None = None  # (H, W, 3) float32, sum of squared deviations
         self._sigma: np.ndarray | None = None  # (H, W) float32, noise std per pixel
         self._edges: np.ndarray | None = None  # (H, W) float32, plate gradient magnitude (levels per px)
         self._sealed = False
@@ -104,14 +98,14 @@ class StageModel:
         """Add a frame known to show the empty stage."""
         x = image.astype(np.float32)
         if self._mean is None or self._mean.shape != x.shape:
-            self._count, self._mean, self._samples = 0, np.zeros_like(x), []
+            self._count, self._mean, self._m2 = 0, np.zeros_like(x), np.zeros_like(x)
         elif self._count >= MIN_EMPTY_FRAMES:
             x = self._to_plate(x, self._fit(image))  # learn the stage, not the camera's shake and exposure
         self._count += 1
-        self._mean += (x - self._mean) / self._count
-        if len(self._samples) < MAX_SAMPLES:
-            self._samples.append(x.astype(np.float16))
-        self._sigma = self._edges = self._var = None
+        delta = x - self._mean
+        self._mean += delta / self._count
+        self._m2 += delta * (x - self._mean)
+        self._sigma = self._edges = None
 
     def adapt(self, image: np.ndarray) -> None:
         """Follow slow lighting drift with a frame known to show the empty stage.
@@ -149,13 +143,6 @@ class StageModel:
         # does not count as detail of the shadow. A sharp contact-shadow edge still has some: that is why it
         # is charged at one noise std per std of detail and no more.
         shaded += o.shadow_cost * (1.0 - ratio) / (1.0 - o.shadow_min) + o.shadow_texture * _detail(ratio, bb, sigma)
-        # Detail the plate does not have is surface, not backdrop, whatever its colour: what tells a white
-        # product on a white sweep or a black one on velvet from the paper (noise alone gives about 1). Only
-        # detail all around a pixel counts: one edge (a silhouette, a shadow's rim) spills detail onto both
-        # of its sides, a surface texture fills the neighbourhood.
-        surface = cv2.erode(_detail(np.clip(raw_ratio, 0.0, 2.0), bb, sigma), np.ones((5, 5), np.uint8))
-        surface = np.maximum(surface - o.texture_noise, 0.0)
-        plain = np.sqrt(plain * plain + (o.surface_texture * surface) ** 2)
         # Only the backdrop itself is sure background. A shadow could as well be a smooth grey product:
         # that explanation leaves a doubt, which the segmenter's colour models and edges settle.
         as_backdrop = o.evidence_scale * (plain - o.threshold)
@@ -178,9 +165,8 @@ class StageModel:
 
     def _to_plate(self, x: np.ndarray, fit: PlateFit) -> np.ndarray:
         """A frame brought back to the plate's position and exposure (the inverse of `PlateFit.apply`)."""
-        gain = fit.gain_field(x.shape[:2])
-        if gain is not None:
-            x = x / gain
+        if fit.gain is not None:
+            x = x / fit.gain
         return x if not fit.moved else PlateFit(shift=(-fit.shift[0], -fit.shift[1])).apply(x)
 
     def _plate_for(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -295,24 +281,12 @@ class StageModel:
         model = StageModel(self.options)
         model._count, model._sealed = self._count, self._sealed
         model._mean = cv2.resize(self._mean, (w, h), interpolation=cv2.INTER_LINEAR)
-        model._var = cv2.resize(self._variance(), (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(area_ratio)
+        model._m2 = cv2.resize(self._m2, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(area_ratio)
         return model
-
-    def _variance(self) -> np.ndarray:
-        """(H, W) noise variance, summed over channels, of the empty frames around their mean. Robust (from the
-        median squared deviation) once there are three: a platter's seam or marks turning through a pixel in
-        one frame of the warm-up are not noise, and must not blunt the stage under the product."""
-        if self._var is None:
-            d2 = np.stack([((s.astype(np.float32) - self._mean) ** 2).sum(-1) for s in self._samples])
-            if len(d2) >= 3:
-                self._var = (np.median(d2, axis=0) * (3.0 / _MEDIAN_CHI2_3)).astype(np.float32)
-            else:
-                self._var = (d2.sum(0) / max(len(d2) - 1, 1)).astype(np.float32)
-        return self._var
 
     def _noise(self) -> np.ndarray:
         if self._sigma is None:
-            var = self._variance()
+            var = self._m2.sum(-1) / max(self._count - 1, 1)
             # Few frames give a noisy variance: pool it over a neighbourhood, never below the floor.
             sigma = np.sqrt(cv2.blur(var, (15, 15)))
             self._sigma = np.maximum(sigma, self.options.noise_floor).astype(np.float32)
