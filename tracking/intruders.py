@@ -4,12 +4,15 @@ A product is put on the stage and taken away by hand. Against the empty stage th
 product, so without a rule it starts false products, joins the product's mask and steals its still. The rules
 (no learned model: they hold for any arm, sleeve or glove):
 
-  * an intruder *enters*: a foreground piece that first appears touching the frame's edge and reaching no
-    further in than `entry_depth` of the frame is an arm coming in (a product is put down, it does not grow
-    from the edge; one that spans the frame from the first frame on is a product);
+  * an intruder *enters*: a foreground piece that first appears touching the frame's edge, reaching no
+    further in than `entry_depth` of the frame and with nothing else beside it is an arm coming in (a product
+    is put down, it does not grow from the edge; one that spans the frame from its first frame on is a
+    product, and so is a foot or a cable of it that touches the edge next to the rest of it or next to the
+    product's last mask);
   * it stays an intruder while its pieces touch the frame's edge and overlap where it was (grown by `reach`
     of the frame for its motion), and where it moves over the product in its own colours;
-  * the product is protected: what overlaps the product's previous mask is never the intruder, and a large
+  * the product is protected: what overlaps the product's previous mask (with no product on the stage, what
+    stood there in the last frame) is never the intruder, and a large
     piece that is new this frame (it was not foreground before) and unlike the intruder's own colours (a
     coarse colour histogram of its pixels so far: skin, a sleeve, a glove) is an object put down, the
     product, even where the hand still touches it.
@@ -62,11 +65,15 @@ class IntruderTracker:
         h, w = foreground.shape
         radius = max(1, int(round(o.reach * max(h, w))))
         fg = foreground.astype(np.uint8)
+        # What is known not to be the intruder: the product's last mask or, with no product on the stage, what
+        # stood there last frame (an object the operator said is no new product stays an object).
+        known = product if product is not None else self._standing()
         protect = np.zeros((h, w), bool)
-        if product is not None:
-            protect = cv2.dilate(product.astype(np.uint8), _disc(max(1, radius // 4))) > 0
+        if known is not None:
+            protect = cv2.dilate(known.astype(np.uint8), _disc(max(1, radius // 4))) > 0
             fg[protect] = 0
         n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+        beside_product = cv2.dilate(product.astype(np.uint8), _disc(radius)) > 0 if product is not None else None
         near = cv2.dilate(self._mask.astype(np.uint8), _disc(radius)) > 0 if self._mask is not None else None
         bins = _colour_bins(image)
         if product is not None:
@@ -85,7 +92,8 @@ class IntruderTracker:
             piece = labels[window] == i
             if near is not None and (piece & near[window]).any():
                 kept = piece & claim[window] & ~self._put_down(piece, bins[window], self._foreground, (x, y), radius)
-            elif _depth(x, y, bw, bh, w, h) <= o.entry_depth:
+            elif _depth(x, y, bw, bh, w, h) <= o.entry_depth and not _beside_other(labels, i, (x, y, bw, bh), radius) \
+                    and not (beside_product is not None and (piece & beside_product[window]).any()):
                 kept = piece
             else:
                 continue
@@ -97,6 +105,12 @@ class IntruderTracker:
         self._learn_colours(bins[mask])
         # The arm's own edge pixels mix it with what is behind: they are the arm's, not a rim of product.
         return cv2.dilate(mask.astype(np.uint8), _disc(EDGE_PX)) > 0 if mask.any() else mask
+
+    def _standing(self) -> np.ndarray | None:
+        """Last frame's foreground that was not the intruder, or None."""
+        if self._foreground is None or not self._foreground.any():
+            return None
+        return self._foreground & ~self._mask
 
     def _into_product(self, mask: np.ndarray, covered: np.ndarray) -> np.ndarray:
         """The intruder grown over the product's last mask where a hand can have moved in a frame, in the
@@ -160,6 +174,16 @@ def _grown_box(mask: np.ndarray, margin: int) -> np.ndarray:
     if len(xs):
         out[max(ys.min() - margin, 0):ys.max() + margin + 1, max(xs.min() - margin, 0):xs.max() + margin + 1] = True
     return out
+
+
+def _beside_other(labels: np.ndarray, i: int, box: tuple[int, int, int, int], radius: int) -> bool:
+    """Whether another foreground piece lies within `radius` px of piece `i` (its box `box`)."""
+    x, y, bw, bh = box
+    h, w = labels.shape
+    window = (slice(max(y - radius, 0), min(y + bh + radius, h)), slice(max(x - radius, 0), min(x + bw + radius, w)))
+    around = labels[window]
+    grown = cv2.dilate((around == i).astype(np.uint8), _disc(radius)) > 0
+    return bool(((around > 0) & (around != i) & grown).any())
 
 
 def _depth(x: int, y: int, bw: int, bh: int, w: int, h: int) -> float:
