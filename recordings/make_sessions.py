@@ -3,7 +3,7 @@
 
     python recordings/make_sessions.py --data ../shared/data/nerf_mic_orbit --out recordings
 
-Three sessions, 480x360 at 15 fps, H.264 (crf 16) in Matroska, each with `gt.npz` (the exact ground-truth
+Four sessions, 480x360 at 15 fps, H.264 (crf 16; studio_realistic crf 22) in Matroska, each with `gt.npz` (the exact ground-truth
 mask of every frame, bit-packed like the golden masks) and its golden outputs (`golden/`, from a replay):
 
   orbit_live/          the spine issue's single product: the empty stage, one full turn of the mic, the
@@ -142,12 +142,12 @@ def write_gt(folder: Path, masks: list[np.ndarray]) -> None:
 
 
 def record(folder: Path, frames: list[np.ndarray], config, description: str,
-           events: dict[int, list[dict]] | None = None, attribution: dict | None = None) -> None:
+           events: dict[int, list[dict]] | None = None, attribution: dict | None = None, crf: int = CRF) -> None:
     """A `turncrop record`-style session (no live run): every frame, plus operator commands before frames."""
     extra = {"description": description, "attribution": attribution or ATTRIBUTION,
              "generator": "recordings/make_sessions.py", "ground_truth": "gt.npz"}
     with SessionRecorder(folder, config, FPS, (HEIGHT, WIDTH), source="recordings/make_sessions.py",
-                         codec="h264", crf=CRF, extra=extra) as recorder:
+                         codec="h264", crf=crf, extra=extra) as recorder:
         for i, image in enumerate(frames):
             for event in (events or {}).get(i, []):
                 recorder.event({"event": "command", "frame": i, "command": event})
@@ -200,7 +200,8 @@ Made by `python recordings/make_sessions.py --data ../shared/data/nerf_mic_orbit
 def write_readme(folder: Path, description: str, live: bool = False, commands: bool = False,
                  changes: str = ATTRIBUTION["changes"]) -> None:
     (folder / "README.md").write_text(README.format(
-        name=folder.name, description=description, crf=CRF, width=WIDTH, height=HEIGHT, fps=FPS,
+        name=folder.name, description=description, crf=STUDIO_CRF if folder.name == "studio_realistic" else CRF,
+        width=WIDTH, height=HEIGHT, fps=FPS,
         live=", the live run's processed frames and keyframe hand-offs" if live else "",
         commands=", the operator's box and clicks" if commands else "", changes=changes))
 
@@ -228,6 +229,7 @@ DESCRIPTIONS = {
                          "covers the mic; `frames.json` tells per frame whether the mic and the arm are in view. The still "
                          "must come from a frame without the arm. Replays every frame."),
 }
+STUDIO_CRF = 22
 STUDIO_SCENE = make_studio.Scene(width=WIDTH, height=HEIGHT, fps=int(FPS), arm=True, platter=True, exposure=0.12,
                                  shake=1.5, seed=0)
 STUDIO_CHANGES = ("renders scaled to fit, composited over a synthetic studio sweep with a synthetic platter, contact "
@@ -304,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if folder := fresh("studio_realistic"):
         shots = list(make_studio.StudioClip(args.data, STUDIO_SCENE).shots())
+        # crf 22: shake and noise cost bits, and the bundled sessions must stay small.
         record(folder, [s.image for s in shots], graphcut, DESCRIPTIONS["studio_realistic"],
-               attribution={**ATTRIBUTION, "changes": STUDIO_CHANGES})
+               attribution={**ATTRIBUTION, "changes": STUDIO_CHANGES}, crf=STUDIO_CRF)
         write_gt(folder, [s.mask for s in shots])
         (folder / "frames.json").write_text(json.dumps([s.record(i) for i, s in enumerate(shots)]) + "\n")
 
