@@ -277,7 +277,11 @@ def test_batch_workers_die_with_a_killed_driver_and_commit_nothing(sources, tmp_
         time.sleep(0.05)
     assert not _alive(workers[0]), "the worker outlived its driver"
     assert not [p.name for p in out.iterdir() if not p.name.startswith(".")]  # no output renamed into place
-    clean_partial(out)  # what the next batch does first: the dead job's hidden folder is no live one's
+    # What the next batch does first: the dead job's hidden folder is no live one's. The worker's open files
+    # (and their locks) are released as the kernel tears it down, a moment after it stops running.
+    deadline = time.monotonic() + 10
+    while clean_partial(out) == [] and [p for p in out.iterdir() if ".tmp-" in p.name] and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
 
 

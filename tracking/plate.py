@@ -53,13 +53,14 @@ def shift_image(image: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
 
 def fit_plate(image: np.ndarray, plate: np.ndarray, outliers: np.ndarray | None, *, max_shift: float,
               initial: tuple[float, float] = (0.0, 0.0)) -> PlateFit:
-    """Fit the shift and the gain field that best turn `plate` into `image`.
+    """Fit the shift and the per-channel gain that best turn `plate` into `image`.
 
     Args:
       image: (H, W, 3) uint8 or float32 frame.  plate: (H, W, 3) float32 backdrop mean.
       outliers: (H, W) bool pixels known not to show the stage (the last frame's foreground), or None.
-      max_shift: the largest shift believed, in px; a larger answer (a featureless backdrop gives ECC
-        nothing to hold on to) is dropped for `initial`.
+      max_shift: the largest shift believed, in px; a larger answer, or one that explains the frame no
+        better than no shift (a featureless backdrop gives ECC nothing to hold on to), is dropped.
+      initial: where ECC starts (the last frame's shift).
     """
     h, w = plate.shape[:2]
     step = max(1, int(np.ceil(max(h, w) / FIT_SIDE)))
