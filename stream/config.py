@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import cv2
+import numpy as np
 import yaml
 
 from turncrop.models.graphcut import GraphCutOptions
@@ -53,17 +55,38 @@ class EncoderOptions:
             raise ValueError(f"encoder.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
+def read_prompt_mask(path: str | Path) -> np.ndarray:
+    """A mask image (8-bit or 1-bit PNG, BMP, TIFF...: anything OpenCV reads) -> (H, W) bool, True where > 127.
+
+    Raises ValueError naming the file when it does not exist, cannot be read or holds no object pixel.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"mask {p} does not exist")
+    image = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ValueError(f"mask {p} cannot be read as an image (PNG, BMP, TIFF, JPEG)")
+    mask = image > 127
+    if not mask.any():
+        raise ValueError(f"mask {p} is empty: no object pixel (value above 127) in its {image.shape[1]}x"
+                         f"{image.shape[0]} px")
+    return mask
+
+
 @dataclass(frozen=True)
 class PromptOptions:
     """The initial prompt and the automatic ones.
 
-    box: [x0, y0, x1, y1] pixels on frame `frame`; points: [[x, y], ...] with `labels` (1 product, 0 not).
+    box: [x0, y0, x1, y1] pixels on frame `frame`; points: [[x, y], ...] with `labels` (1 product, 0 not);
+    mask: path of a mask image of the product on frame `frame`, the size of the source's frames
+    (`read_prompt_mask`). Any of the three combine.
     detector: path to an Ultralytics YOLO checkpoint used to find products when no stage model is learnt.
     """
 
     box: tuple[float, float, float, float] | None = None
     points: tuple[tuple[float, float], ...] | None = None
     labels: tuple[int, ...] | None = None
+    mask: str | None = None
     frame: int = 0
     detector: str | None = None
     detector_classes: tuple[int, ...] | None = None
@@ -74,6 +97,12 @@ class PromptOptions:
             raise ValueError(f"box must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {list(self.box)}")
         if self.points is not None and self.labels is not None and len(self.points) != len(self.labels):
             raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels")
+        if self.labels is not None and not set(self.labels) <= {0, 1}:
+            raise ValueError(f"point labels must be 1 (product) or 0 (not product), got {list(self.labels)}")
+        if self.points is not None and self.box is None and self.mask is None and 1 not in (self.labels or (1,)):
+            raise ValueError("points alone need at least one product point (label 1); give a box or mask too")
+        if self.mask is not None:
+            read_prompt_mask(self.mask)
         if self.frame < 0:
             raise ValueError(f"frame must be >= 0, got {self.frame}")
         if not 0.0 < self.detector_conf < 1.0:

@@ -23,7 +23,7 @@ import numpy as np
 
 from turncrop.models.base import Segmenter
 from turncrop.models.registry import build_segmenter
-from turncrop.stream.config import Config, ConfigError, PromptOptions
+from turncrop.stream.config import Config, ConfigError, PromptOptions, read_prompt_mask
 from turncrop.stream.export import export_still, write_manifest, write_no_still_record
 from turncrop.stream.outputs import claim_output
 from turncrop.stream.sources import FrameSource, SourceError, open_source
@@ -99,14 +99,15 @@ def build_pipeline(config: Config, segmenter: Segmenter | None = None, frame_rat
 
 def initial_prompt(config: Config) -> InitialPrompt | None:
     p = config.prompt
-    if p.box is None and p.points is None:
+    if p.box is None and p.points is None and p.mask is None:
         return None
     points = labels = None
     if p.points is not None:
         points = np.asarray(p.points, np.float32)
         labels = np.asarray(p.labels if p.labels is not None else [1] * len(points), np.int64)
     box = np.asarray(p.box, np.float32) if p.box is not None else None
-    return InitialPrompt(frame_index=p.frame, box=box, points=points, point_labels=labels)
+    mask = read_prompt_mask(p.mask) if p.mask is not None else None
+    return InitialPrompt(frame_index=p.frame, box=box, points=points, point_labels=labels, mask=mask)
 
 
 def check_prompt(prompt: PromptOptions, size: tuple[int, int], frame_count: int | None) -> None:
@@ -120,11 +121,21 @@ def check_prompt(prompt: PromptOptions, size: tuple[int, int], frame_count: int 
                               f"the {w}x{h} frame (X0,Y0,X1,Y1 in pixels)")
     for x, y in prompt.points or ():
         if not (0 <= x < w and 0 <= y < h):
-            raise ConfigError(f"prompt.points: the point {x:g},{y:g} lies outside the {w}x{h} frame")
-    prompted = prompt.box is not None or prompt.points is not None
-    if prompted and frame_count is not None and prompt.frame >= frame_count:
-        raise ConfigError(f"--box ...@{prompt.frame} / prompt.frame: the source has {frame_count} frames "
-                          f"(0 to {frame_count - 1})")
+            raise ConfigError(f"--points / prompt.points: the point {x:g},{y:g} lies outside the {w}x{h} frame")
+    if prompt.mask is not None:
+        mh, mw = read_prompt_mask(prompt.mask).shape
+        if (mh, mw) != (h, w):
+            raise ConfigError(f"--mask / prompt.mask {prompt.mask} is {mw}x{mh} px, the source's frames are {w}x{h}")
+    given = _prompt_options(prompt)
+    if given and frame_count is not None and prompt.frame >= frame_count:
+        raise ConfigError(f"{' / '.join(f'{o} ...@{prompt.frame}' for o in given)} / prompt.frame: the source has "
+                          f"{frame_count} frames (0 to {frame_count - 1})")
+
+
+def _prompt_options(prompt: PromptOptions) -> list[str]:
+    """The options that gave the prompt's parts, for errors about its frame."""
+    parts = (("--box", prompt.box), ("--points", prompt.points), ("--mask", prompt.mask))
+    return [option for option, value in parts if value is not None]
 
 
 def _detector(config: Config):
@@ -175,7 +186,7 @@ def _prompt_not_reached(source: FrameSource, pipeline: ProductPipeline, last: Fr
         return None
     seen = f"after frame {last.frame.index}" if last is not None else "without a frame"
     return SourceError(f"{source.name}: the source ended {seen}, before frame {prompt.frame_index} of "
-                       "--box ...@FRAME / prompt.frame")
+                       "--box / --points / --mask ...@FRAME / prompt.frame")
 
 
 def run(source_path: str | Path, out_dir: str | Path, config: Config, *,

@@ -105,6 +105,7 @@ class MaskTracker:
         self._request: KeyframeRequest | None = None
         self._score = 0.0  # predicted quality of the last decoded mask, carried by live frames
         self._owed_keyframe: Decision | None = None  # a refresh judged poor asks the next request to re-key
+        self._seed: np.ndarray | None = None  # the object's mask given for the next frame (`seed`)
 
     @property
     def active(self) -> bool:
@@ -117,7 +118,14 @@ class MaskTracker:
         self._request = None
         self._score = 0.0
         self._owed_keyframe = None
+        self._seed = None
         self.policy.reset()
+
+    def seed(self, mask: np.ndarray) -> None:
+        """The object's (H, W) bool mask on the next frame `step` segments, known beforehand (an operator's
+        mask prompt). It is that frame's dense prompt, turned into log-odds as a propagated mask is, and is
+        kept alongside clicks on it: both are the operator's word, not a guess carried forward."""
+        self._seed = np.asarray(mask, bool)
 
     def step(self, frame: Frame, box: np.ndarray | None, evidence: np.ndarray | None = None,
              points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
@@ -133,11 +141,15 @@ class MaskTracker:
         grey = self.propagator.grey(frame.image)
         prior, propagated = None, None
         motion = 0.0
+        seeded, self._seed = self._seed, None
         if self._prev_mask is not None:
             m = self.propagator.motion(self._prev_grey, grey, frame.size, region=self._prev_mask)
             propagated = self.propagator.warp(self._prev_mask.astype(np.float32), m) > 0.5
-            prior = self.propagator.prior_logits(propagated)
             self._drift += m.shift
+        if seeded is not None:
+            propagated = seeded
+        if propagated is not None:
+            prior = self.propagator.prior_logits(propagated)
             if box is None and propagated.any():
                 box = np.asarray(mask_box(propagated), np.float32)
         if box is None and prior is None and points is None:
@@ -145,7 +157,8 @@ class MaskTracker:
         if box is not None and self._embedding is not None:
             size = max(float(box[2] - box[0]), float(box[3] - box[1]), 1.0)
             motion = float(np.hypot(*self._drift)) / size
-        dense = prior if points is None else None  # the operator's clicks overrule the carried-forward mask
+        # The operator's clicks overrule the carried-forward mask, not a mask the operator gave.
+        dense = prior if points is None or seeded is not None else None
         if evidence is not None:
             dense = evidence if dense is None else dense + evidence
         prompt = Prompt(points=points, point_labels=point_labels, box=box, mask_logits=dense)
@@ -155,7 +168,7 @@ class MaskTracker:
         # encoded in the background: until it arrives the evidence alone is the mask.
         carry_first = self.defer_keyframes and self._embedding is None and evidence is not None and points is None
         defer = self.defer_keyframes and (self._embedding is not None or carry_first)
-        if points is not None:
+        if points is not None and seeded is None:
             propagated = None  # ranking candidates by agreement with the mask being corrected defeats the clicks
         if (self._embedding is None and not carry_first) or (decision.keyframe and not defer):
             result = self._keyframe(frame, prompt, propagated, decision)

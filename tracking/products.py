@@ -43,22 +43,28 @@ Detector = Callable[[np.ndarray], sv.Detections]
 
 @dataclass(frozen=True)
 class InitialPrompt:
-    """The operator's prompt for the product visible at `frame_index`.
+    """The operator's prompt for the product visible at `frame_index`, in the source's pixels.
 
     Attributes:
       box: (4,) XYXY pixels or None.  points: (N, 2) pixels or None, labels (N,) 1 = product, 0 = not.
+      mask: (H, W) bool, the product's pixels on that frame (the source's frame size), or None. It becomes
+        the dense prompt of the product's first frame, and its bounding box the box when none is given.
     """
 
     frame_index: int = 0
     box: np.ndarray | None = None
     points: np.ndarray | None = None
     point_labels: np.ndarray | None = None
+    mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.box is None and self.points is None:
-            raise ValueError("an initial prompt needs a box or points")
+        if self.box is None and self.points is None and self.mask is None:
+            raise ValueError("an initial prompt needs a box, points or a mask")
         if self.frame_index < 0:
             raise ValueError(f"the initial prompt's frame must be >= 0, got {self.frame_index}")
+        if self.mask is not None and (self.mask.ndim != 2 or self.mask.dtype != bool or not self.mask.any()):
+            raise ValueError(f"the initial prompt's mask must be a non-empty (H, W) bool array, got "
+                             f"{self.mask.shape} {self.mask.dtype}")
 
 
 @dataclass(frozen=True)
@@ -269,6 +275,8 @@ class ProductPipeline:
                 return FrameResult(frame, sv.Detections.empty(), events=events, alone=not self.intruders.present)
             self._begin(frame, events)
             self.product.track_id = start.get("track_id")
+            if start.get("mask") is not None:
+                self.masks.seed(start["mask"])
             return self._segment(frame, evidence, start, events, initial=True)
         prompt = self._track(frame, detections)
         if operator.get("prompt") is not None:
@@ -389,7 +397,7 @@ class ProductPipeline:
     def _find_start(self, frame: Frame, detections: sv.Detections) -> dict | None:
         p = self.prompt
         if p is not None and frame.index == p.frame_index and self.products_started == 0:
-            return {"box": p.box, "points": p.points, "point_labels": p.point_labels}
+            return _start_prompt(p, frame)
         if p is not None and self.products_started == 0 and frame.index < p.frame_index:
             return None  # waiting for the operator's frame; these frames teach the stage
         if self._hold_until_empty:
@@ -597,3 +605,17 @@ def _matte(stage: StageModel, frame: Frame, mask: np.ndarray, evidence: np.ndarr
 
 def _first_id(tracked: sv.Detections) -> int | None:
     return int(tracked.tracker_id[0]) if len(tracked) else None
+
+
+def _start_prompt(prompt: InitialPrompt, frame: Frame) -> dict:
+    """The initial prompt as a start prompt for its frame, which a live stream may segment scaled down from
+    the source's size: {"box", "points", "point_labels", "mask"}, in the frame's pixels."""
+    source = frame.original.size if frame.original is not None else frame.size
+    scale = frame.size[1] / source[1]
+    box = prompt.box
+    if box is None and prompt.mask is not None:
+        box = np.asarray(mask_box(prompt.mask), np.float32)  # the mask's bounding box where a box is needed
+    return {"box": None if box is None else box * scale,
+            "points": None if prompt.points is None else prompt.points * scale,
+            "point_labels": prompt.point_labels,
+            "mask": None if prompt.mask is None else resize_mask(prompt.mask, frame.size)}
