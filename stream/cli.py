@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,12 +17,21 @@ from turncrop.stream.sources import SourceError
 log = logging.getLogger("turncrop")
 
 
+def _split_frame(text: str, option: str, form: str) -> tuple[str, int | None]:
+    """'VALUE' or 'VALUE@FRAME' -> (VALUE, FRAME or None); an '@' not followed by a frame number is VALUE's."""
+    match = re.fullmatch(r"(.*)@(-?\d+)", text, re.DOTALL)
+    if match is None:
+        return text, None
+    if int(match[2]) < 0:
+        raise argparse.ArgumentTypeError(f"{option} must be {form}: FRAME is a frame number >= 0, got {text!r}")
+    return match[1], int(match[2])
+
+
 def parse_box(text: str) -> tuple[tuple[float, float, float, float], int | None]:
     """'X0,Y0,X1,Y1' or 'X0,Y0,X1,Y1@FRAME' -> (box, frame or None)."""
-    box_text, _, frame_text = text.partition("@")
+    box_text, frame = _split_frame(text, "--box", "X0,Y0,X1,Y1[@FRAME]")
     try:
         values = tuple(float(v) for v in box_text.split(","))
-        frame = int(frame_text) if frame_text else None
     except ValueError:
         raise argparse.ArgumentTypeError(f"--box must be X0,Y0,X1,Y1[@FRAME] in pixels, got {text!r}") from None
     if len(values) != 4:
@@ -29,9 +39,45 @@ def parse_box(text: str) -> tuple[tuple[float, float, float, float], int | None]
     return values, frame
 
 
+@dataclass(frozen=True)
+class PointsArg:
+    """`--points`: (x, y) pixels and a label each (1 product, 0 not product), on `frame` (None: unsaid)."""
+
+    points: tuple[tuple[float, float], ...]
+    labels: tuple[int, ...]
+    frame: int | None
+
+
+def parse_points(text: str) -> PointsArg:
+    """'X,Y[,LABEL];X,Y[,LABEL]...[@FRAME]' -> the points, their labels (default 1) and the frame."""
+    form = "X,Y[,LABEL];X,Y[,LABEL]...[@FRAME] in pixels, LABEL 1 (product, the default) or 0 (not product)"
+    points_text, frame = _split_frame(text, "--points", form)
+    points, labels = [], []
+    for item in points_text.split(";"):
+        values = item.split(",")
+        try:
+            numbers = [float(v) for v in values]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (2, 3) or (len(numbers) == 3 and numbers[2] not in (0.0, 1.0)):
+            raise argparse.ArgumentTypeError(f"--points must be {form}, got {item!r} in {text!r}")
+        points.append((numbers[0], numbers[1]))
+        labels.append(int(numbers[2]) if len(numbers) == 3 else 1)
+    return PointsArg(tuple(points), tuple(labels), frame)
+
+
+def parse_mask(text: str) -> tuple[str, int | None]:
+    """'FILE' or 'FILE@FRAME' -> (file, frame or None); the file is read and checked with the config."""
+    path, frame = _split_frame(text, "--mask", "FILE[@FRAME]")
+    if not path:
+        raise argparse.ArgumentTypeError(f"--mask must be FILE[@FRAME], a mask image, got {text!r}")
+    return path, frame
+
+
 # How the user gave each override, for errors about it (`load_config(names=...)`).
 _OPTION_NAMES = {"backend": "--backend", "checkpoint": "--checkpoint", "spin.views": "--spin",
-                 "prompt.box": "--box", "prompt.frame": "--box"}
+                 "prompt.box": "--box", "prompt.points": "--points", "prompt.labels": "--points",
+                 "prompt.mask": "--mask", "prompt.frame": "@FRAME"}
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,12 +88,37 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["checkpoint"] = str(args.checkpoint)
     if getattr(args, "spin", None) is not None:
         out["spin.views"] = args.spin
+    return {**out, **_prompt_overrides(args)}
+
+
+def _prompt_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """`--box`, `--points`, `--mask` as prompt.* keys; ValueError when they name different frames."""
+    out: dict[str, Any] = {}
+    frames: dict[str, int | None] = {}
     if getattr(args, "box", None):
-        box, frame = args.box
-        out["prompt.box"] = list(box)
-        if frame is not None:
-            out["prompt.frame"] = frame
+        out["prompt.box"], frames["--box"] = list(args.box[0]), args.box[1]
+    if getattr(args, "points", None):
+        out["prompt.points"] = [list(p) for p in args.points.points]
+        out["prompt.labels"], frames["--points"] = list(args.points.labels), args.points.frame
+    if getattr(args, "mask", None):
+        out["prompt.mask"], frames["--mask"] = args.mask[0], args.mask[1]
+    said = {option: frame for option, frame in frames.items() if frame is not None}
+    if len(set(said.values())) > 1:
+        raise ValueError(f"{' and '.join(f'{o} ...@{f}' for o, f in said.items())} name different frames: the "
+                         "prompt is for one frame (give @FRAME once, or the same on each)")
+    if said:
+        out["prompt.frame"] = next(iter(said.values()))
     return out
+
+
+def _add_prompt(p: argparse.ArgumentParser, what: str) -> None:
+    """`--box`, `--points` and `--mask`: the product's initial prompt on one frame (they combine)."""
+    p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1[@FRAME]",
+                   help=f"the product's box on FRAME (default 0){what}")
+    p.add_argument("--points", type=parse_points, metavar="X,Y[,LABEL];...[@FRAME]",
+                   help="points on the product (LABEL 1, the default) or not on it (0), on FRAME")
+    p.add_argument("--mask", type=parse_mask, metavar="FILE[@FRAME]",
+                   help="a mask image of the product on FRAME (> 127 = product), the size of the frames")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -56,8 +127,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKEND_NAMES, help="segmenter (default: auto = MobileSAM if its "
                    "weights are cached, else the weight-free graphcut)")
     p.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM checkpoint file to use")
-    p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1[@FRAME]",
-                   help="the product's box on FRAME (default 0); without it products are found automatically")
+    _add_prompt(p, "; without a prompt products are found automatically")
     p.add_argument("-v", "--verbose", action="store_true", help="log every keyframe decision")
 
 
@@ -87,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--config", help="YAML file or preset name (default, studio, fast)")
     live.add_argument("--backend", choices=BACKEND_NAMES, help="segmenter (default: auto)")
     live.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM checkpoint file to use")
+    _add_prompt(live, "; without a prompt products are found automatically")
     live.add_argument("--quiet", action="store_true", help="no per-second stats")
     live.add_argument("-v", "--verbose", action="store_true", help="log every keyframe decision")
     live.add_argument("--record", type=Path, metavar="DIR", help="also record the session into the new folder "
@@ -102,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ffv1 (lossless, default) or h264 (crf 14, small)")
     rec.add_argument("--config", help="config stored with the session for its replays (YAML file or preset)")
     rec.add_argument("--backend", choices=BACKEND_NAMES, help="segmenter stored with the session")
-    rec.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1[@FRAME]", help="initial prompt stored with it")
+    _add_prompt(rec, ", the initial prompt stored with the session (--mask: a copy of the file)")
 
     rp = sub.add_parser("replay", help="replay a recorded session deterministically; --check compares it with "
                         "its golden outputs")
@@ -179,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Options whose value may start with "-" (a negative coordinate): argparse would take it for an option.
-_SIGNED_VALUES = ("--box",)
+_SIGNED_VALUES = ("--box", "--points")
 
 
 def _attach_signed_values(argv: Sequence[str]) -> list[str]:
@@ -354,8 +425,10 @@ def _record(args: argparse.Namespace, config) -> int:
     import time
 
     from turncrop.stream.recording import SessionRecorder
+    from turncrop.stream.runner import check_prompt
 
     source = _camera_or_file(args, "record", realtime_only=False)
+    check_prompt(config.prompt, source.size, source.frame_count)  # before the session folder is made
 
     def stop(signum, frame) -> None:
         raise KeyboardInterrupt
