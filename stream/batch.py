@@ -268,6 +268,8 @@ def resolve_config(config: Config) -> tuple[Config, dict]:
     keyed["checkpoint"] = sha256_file(checkpoint) if checkpoint else None
     if config.prompt.detector is not None:
         keyed["prompt"]["detector"] = sha256_file(config.prompt.detector)
+    if config.prompt.mask is not None:
+        keyed["prompt"]["mask"] = sha256_file(config.prompt.mask)
     return config, keyed
 
 

@@ -23,6 +23,8 @@ A session folder is self-describing:
                      {"event": "live", "working_size": 640}                    a live run started (the size
                                                                                it segments frames at)
                      {"event": "end", "frames": 90, ...}                       the recorder closed cleanly
+    prompt_mask.png  the initial prompt's mask (config prompt.mask, `--mask`), when there is one; the stored
+                   config names it relative to the session folder
     golden/        expected replay outputs (written only by `turncrop replay --update-golden`)
 
 Frames that arrived but were never processed are the live run's dropped frames. A recording without
@@ -54,7 +56,7 @@ from typing import Any
 import av
 import numpy as np
 
-from turncrop.stream.config import BACKEND_NAMES, Config, ConfigError, load_config
+from turncrop.stream.config import BACKEND_NAMES, Config, ConfigError, load_config, read_prompt_mask
 from turncrop.stream.sources import FrameSource, SourceError, VideoFileSource
 from turncrop.tracking.frame import Frame
 
@@ -65,6 +67,7 @@ SESSION_FILE = "session.json"
 VIDEO_FILE = "video.mkv"
 EVENTS_FILE = "events.jsonl"
 GOLDEN_DIR = "golden"
+PROMPT_MASK_FILE = "prompt_mask.png"
 CODECS = ("ffv1", "h264")
 H264_PRESET = "veryfast"
 TIME_BASE = Fraction(1, 1000)  # video timestamps in ms; events.jsonl keeps the exact seconds
@@ -179,7 +182,7 @@ class SessionRecorder:
             "video": {"file": VIDEO_FILE, "codec": codec,
                       **({"crf": crf, "preset": H264_PRESET} if codec == "h264" else {"pix_fmt": "bgr0"})},
             "events": EVENTS_FILE,
-            "config": config.to_dict(),
+            "config": _stored_config(config, self.folder),
             **(extra or {}),
         }
         _write_json(self.folder / SESSION_FILE, info)
@@ -257,6 +260,19 @@ class SessionRecorder:
             raise ValueError(f"{self.folder}: the recorder is closed")
 
 
+def _stored_config(config: Config, folder: Path) -> dict[str, Any]:
+    """`config` as session.json keeps it: a prompt mask is copied into the session, so replays find it."""
+    data = config.to_dict()
+    if config.prompt.mask is not None:
+        import cv2
+
+        mask = read_prompt_mask(config.prompt.mask)
+        if not cv2.imwrite(str(folder / PROMPT_MASK_FILE), mask.astype(np.uint8) * 255):
+            raise RecordingError(f"{folder / PROMPT_MASK_FILE}: cannot write the prompt's mask")
+        data["prompt"]["mask"] = PROMPT_MASK_FILE
+    return data
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -317,6 +333,9 @@ class Session:
         """The recorded config, with backend "auto" resolved to the backend the recording used, and
         dotted `overrides` ({"graphcut.colour_weight": 2.0}) applied (`names`: as `load_config`'s)."""
         data = copy.deepcopy(self.info["config"])
+        prompt = data.get("prompt")
+        if isinstance(prompt, dict) and isinstance(prompt.get("mask"), str):  # stored inside the session
+            prompt["mask"] = str(self.folder / prompt["mask"])
         if data.get("backend") == "auto" and self.info.get("backend") in BACKEND_NAMES:
             data["backend"] = self.info["backend"]
         recorded = {key: f"{self.folder / SESSION_FILE} (the recorded config)" for key in data}
