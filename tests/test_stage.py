@@ -120,18 +120,17 @@ def test_soft_shadow_is_not_foreground(stage, rng):
     assert np.median(lo) < -1 and (lo > 0).mean() < 0.01  # isolated noise pixels at most
 
 
-def test_textured_grey_object_is_found_though_a_shadow_of_same_depth_is_not(stage, rng):
+def test_textured_grey_object_is_found_though_a_soft_shadow_of_same_depth_is_not(stage, rng):
     obj = _disc(140, 80, 22)
     # A grey product darkening the backdrop by 40 % on average, with a fine surface texture
     # (brightness-ratio std 0.09, i.e. about 18 levels).
     textured = np.where(obj, 0.6 * (1 + _texture(rng, 0.15)), 1.0)
     image = _shot(BACKDROP * textured[..., None], rng)
     fg = stage.foreground(image)
-    smooth = np.where(obj, 0.6, 1.0)
-    # The same darkening without texture is indistinguishable from a shadow: the texture rule is what
-    # makes the difference. The stage charges texture conservatively (a sharp contact-shadow edge has
-    # some too), so it marks a good share of the textured surface and nothing outside it ...
-    assert stage.foreground(_shot(BACKDROP * smooth[..., None], rng))[obj].mean() < 0.05
+    # The same darkening as a soft light casts it (a penumbra of several pixels) is a shadow ...
+    soft = cv2.GaussianBlur(np.where(obj, 0.6, 1.0).astype(np.float32), (0, 0), 5.0)
+    assert stage.foreground(_shot(BACKDROP * soft[..., None], rng))[obj].mean() < 0.05
+    # ... the textured surface is marked in good part, and nothing outside it ...
     assert fg[obj].mean() > 0.15
     assert not fg[~_disc(140, 80, 24)].any()
     # ... and as the dense prompt of the weight-free segmenter it yields the whole product.
@@ -140,6 +139,21 @@ def test_textured_grey_object_is_found_though_a_shadow_of_same_depth_is_not(stag
     masks = seg.decode(seg.encode(image), Prompt(box=boxes[0], mask_logits=stage.log_odds(image)), image)
     best = masks.masks[int(np.argmax(masks.scores))]
     assert (best & obj).sum() / (best | obj).sum() > 0.9
+
+
+@pytest.mark.parametrize("depth", [0.12, 0.4])
+def test_a_flat_product_darker_than_the_paper_is_found_by_its_outline(stage, rng, depth):
+    # A near-white product on white paper: in colour a uniform darkening, i.e. a shadow. Its outline is a
+    # step (a product's edge) where a shadow fades over several pixels, so the outline is product ...
+    obj = _antialiased(100, 80, 30)
+    image = _shot(BACKDROP * (1 - depth * obj)[..., None], rng)
+    fg = stage.foreground(image)
+    rim = _disc(100, 80, 31) & ~_disc(100, 80, 27)
+    assert fg[rim].mean() > 0.6
+    assert not fg[~_disc(100, 80, 33)].any()
+    # ... and a soft shadow of the same depth and size is not.
+    soft = cv2.GaussianBlur(obj, (0, 0), 5.0)
+    assert not stage.foreground(_shot(BACKDROP * (1 - depth * soft)[..., None], rng)).any()
 
 
 def test_darkening_beyond_the_deepest_shadow_is_foreground(stage, rng):

@@ -7,7 +7,8 @@ measured over the empty frames) and the product's own contact shadow, which dark
 changing its hue (Horprasert et al., 1999: brightness vs. chromaticity distortion). A grey product on a
 grey sweep darkens the backdrop just like a shadow does; what tells them apart is texture: a soft shadow
 scales the backdrop smoothly, a product's surface does not. So the shadow explanation is only granted
-where the brightness ratio is locally smooth.
+where the brightness ratio is locally smooth, and not on a step: a near-white product on a white sweep darkens
+the paper like a shadow, but its outline is sharp where a soft light's penumbra is not.
 
 A real rig also shakes and re-exposes: every frame is compared with the plate as `tracking/plate.py` fits it
 to that frame (shifted, and rescaled by a per-channel gain), and where the plate has edges (a platter's
@@ -35,6 +36,8 @@ class StageOptions:
     shadow_min: float = 0.5  # darkest backdrop brightness ratio explained as a shadow (fill light keeps shadows above half)
     shadow_cost: float = 2.0  # residual (noise std) charged for the deepest allowed shadow
     shadow_texture: float = 1.0  # residual charged per noise std of brightness-ratio texture
+    shadow_edge: float = 3.0  # residual charged per noise std of brightness-ratio step beyond a penumbra's
+    penumbra_px: float = 5.0  # narrowest penumbra of a soft light's shadow (Gaussian sigma, px of the frame)
     shadow_doubt: float = 4.0  # strongest background log-odds a shadow-like pixel gets
     min_area: float = 0.002  # smallest product, as a fraction of the frame
     adapt_rate: float = 0.02  # how fast backdrop pixels far from the product follow lighting drift
@@ -48,16 +51,19 @@ class StageOptions:
             raise ValueError(f"stage.shadow_min must be in (0, 1), got {self.shadow_min}")
         if not 0.0 <= self.adapt_rate < 1.0:
             raise ValueError(f"stage.adapt_rate must be in [0, 1), got {self.adapt_rate}")
-        for name in ("max_shift", "registration_px"):
+        for name in ("max_shift", "registration_px", "shadow_edge"):
             if getattr(self, name) < 0:
                 raise ValueError(f"stage.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("noise_floor", "threshold", "evidence_scale", "evidence_clip", "min_area", "shadow_doubt"):
+        for name in ("noise_floor", "penumbra_px", "threshold", "evidence_scale", "evidence_clip", "min_area",
+                     "shadow_doubt"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"stage.{name} must be > 0, got {getattr(self, name)}")
 
 
 MIN_EMPTY_FRAMES = 2  # a noise estimate needs at least two frames
 MATTE_BAND = 2  # px each side of a mask's edge that matting may relabel
+_BACKDROP_RATIO_TOP = 1.1  # brightest ratio still the backdrop (noise, a little exposure left after the fit)
+_STEP_NOISE = 0.5  # excess ratio step (noise std per px) left to noise, not charged
 
 
 class StageModel:
@@ -143,6 +149,11 @@ class StageModel:
         # does not count as detail of the shadow. A sharp contact-shadow edge still has some: that is why it
         # is charged at one noise std per std of detail and no more.
         shaded += o.shadow_cost * (1.0 - ratio) / (1.0 - o.shadow_min) + o.shadow_texture * _detail(ratio, bb, sigma)
+        # Edges: a soft light's shadow fades into the backdrop over many pixels, a product's silhouette is a
+        # step. A near-white product on a white sweep is exactly a uniform darkening of the paper, a shadow in
+        # colour; only its outline (and any print on it) gives it away.
+        step = _step(raw_ratio, bb, sigma, o.shadow_min, o.penumbra_px)
+        shaded += o.shadow_edge * np.maximum(step - _STEP_NOISE, 0.0)
         # Only the backdrop itself is sure background. A shadow could as well be a smooth grey product:
         # that explanation leaves a doubt, which the segmenter's colour models and edges settle.
         as_backdrop = o.evidence_scale * (plain - o.threshold)
@@ -299,6 +310,31 @@ def _detail(ratio: np.ndarray, bb: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """(H, W) local high-pass energy of a brightness ratio, in noise std of the backdrop at each pixel."""
     detail = ratio - cv2.GaussianBlur(ratio, (0, 0), 1.0)
     return np.sqrt(cv2.blur(detail * detail, (3, 3))) * np.sqrt(bb) / sigma
+
+
+def _step(ratio: np.ndarray, bb: np.ndarray, sigma: np.ndarray, shadow_min: float, penumbra_px: float) -> np.ndarray:
+    """(H, W) how much sharper than a soft shadow's edge the brightness ratio steps here, in noise std of the
+    backdrop per px, spread over 5x5 so a silhouette is a band that survives the foreground's speckle opening.
+
+    A shadow edge blurred over `penumbra_px` (a Gaussian's sigma) climbs at most 1 / (2.5 penumbra_px) of its
+    depth per pixel, whatever the depth; a product's outline, blurred by the lens alone, several times that.
+    The ratio is smoothed by normalised convolution over pixels in the shadow range only: a dark cable lying in
+    its own contact shadow is not a step of that shadow (the cable is product on its own evidence).
+    """
+    shadowish = ((ratio >= shadow_min) & (ratio <= _BACKDROP_RATIO_TOP)).astype(np.float32)
+    weight = cv2.GaussianBlur(shadowish, (0, 0), 1.0)
+    smooth = cv2.GaussianBlur(ratio * shadowish, (0, 0), 1.0) / np.maximum(weight, 1e-3)
+    gx, gy = cv2.Sobel(smooth, cv2.CV_32F, 1, 0) / 8, cv2.Sobel(smooth, cv2.CV_32F, 0, 1) / 8
+    # At a step's midpoint the ratio is half its depth below 1: a penumbra's slope there is 2 / (2.5 sigma).
+    allowed = (0.8 / penumbra_px) * np.abs(1.0 - smooth)
+    excess = np.maximum(np.sqrt(gx * gx + gy * gy) - allowed, 0.0)
+    step = cv2.dilate(excess * np.sqrt(bb) / sigma, np.ones((5, 5), np.uint8))
+    # Beside anything darker or brighter than a shadow can be (a dark cable), the step is that object's own
+    # anti-aliased edge, not the shadow's: the shadow it casts right there keeps its explanation. 11 px: the
+    # smoothing, the Sobel and the spread above carry an edge's response 5 px away.
+    beyond = cv2.dilate(np.uint8(1) - shadowish.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0
+    step[beyond] = 0.0
+    return step
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
