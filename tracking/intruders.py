@@ -32,11 +32,15 @@ class IntruderOptions:
     new_object_area: float = 0.01  # a new piece this large (fraction of the frame) is an object put down
     min_pixels: float = 0.0005  # intruder area (fraction of the frame) below which none is present
     own_colours: float = 0.8  # a new piece with this share of the intruder's colours is more of the intruder
+    leave_frames: int = 2  # frames without a trace of an intruder before it has left (its last fingertips
+    # at the frame's edge are below what the stage can see)
 
     def __post_init__(self) -> None:
         for name in ("entry_depth", "reach", "new_object_area", "min_pixels", "own_colours"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"intruders.{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.leave_frames < 1:
+            raise ValueError(f"intruders.leave_frames must be >= 1, got {self.leave_frames}")
 
 
 class IntruderTracker:
@@ -48,11 +52,12 @@ class IntruderTracker:
         self._foreground: np.ndarray | None = None  # last frame's foreground
         self._colours: np.ndarray | None = None  # (BINS**3,) share of the intruder's pixels in each colour bin
         self._product_colours: np.ndarray | None = None  # the same for the product's pixels
+        self._frames_clear = self.options.leave_frames  # consecutive frames without an intruder
 
     @property
     def present(self) -> bool:
-        """Whether an intruder was in the last frame."""
-        return self._mask is not None and self._mask.mean() >= self.options.min_pixels
+        """Whether an intruder is in view: seen in the last frame, or so recently that it may not have left."""
+        return self._frames_clear < self.options.leave_frames
 
     def update(self, image: np.ndarray, foreground: np.ndarray, product: np.ndarray | None) -> np.ndarray:
         """The intruder pixels of this frame.
@@ -102,6 +107,7 @@ class IntruderTracker:
             reach = cv2.dilate(self._mask.astype(np.uint8), _disc(2 * radius)) > 0  # a hand moves fast
             mask = self._into_product(mask, foreground & protect & reach & own)
         self._mask, self._foreground = mask, foreground.copy()
+        self._frames_clear = 0 if mask.mean() >= o.min_pixels else self._frames_clear + 1
         self._learn_colours(bins[mask])
         # The arm's own edge pixels mix it with what is behind: they are the arm's, not a rim of product.
         return cv2.dilate(mask.astype(np.uint8), _disc(EDGE_PX)) > 0 if mask.any() else mask
@@ -157,6 +163,7 @@ class IntruderTracker:
 
     def reset(self) -> None:
         self._mask = self._foreground = self._colours = self._product_colours = None
+        self._frames_clear = self.options.leave_frames
 
 
 def _learn(share: np.ndarray | None, bins: np.ndarray) -> np.ndarray | None:
