@@ -115,7 +115,8 @@ def test_camera_shake_costs_nothing(studio, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_turning_platter_is_stage(studio, variant):
     clean, platter = studio(variant), studio(variant, platter=True)
-    # Issue 10 asks for 0.01; what is still lost (0.04-0.05) is the dark cable lying on the dark platter.
+    # Issue 10 asks for 0.01: the developed clip loses 0.01-0.015, the held-out one 0.04 where the dark cable
+    # lies on the dark platter.
     assert platter.mean_j >= clean.mean_j - 0.05, (clean.mean_j, platter.mean_j)
     _assert_one_clean_product(platter, min_still_j=0.88)
 
@@ -125,15 +126,24 @@ def test_the_operators_arm_is_not_the_product(studio, variant):
     clean, o = studio(variant), studio(variant, arm=True)
     # One product, nothing on the frames where only the arm is in view, a still from a frame without it.
     _assert_one_clean_product(o, min_still_j=0.94)
-    assert o.mean_j >= clean.mean_j - 0.02, (clean.mean_j, o.mean_j)  # issue 10: 0.01
+    assert o.mean_j >= clean.mean_j - 0.02, (clean.mean_j, o.mean_j)  # issue 10: 0.01 (0.015 / 0.00 today)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_realistic_session(studio, variant):
     o = studio(variant, arm=True, platter=True, exposure=0.12 if variant == "developed" else 0.15, shake=1.5)
-    _assert_one_clean_product(o, min_still_j=0.9)
-    assert o.mean_j >= 0.88, o.mean_j  # issue 10: 0.95 and a still at 0.97
-    assert o.encoder_calls_per_frame <= 0.25, o.encoder_calls_per_frame
+    # Issue 10 asks for 0.95 and a still at 0.97: measured 0.943 / 0.981 developed, 0.904 / 0.937 held out.
+    _assert_one_clean_product(o, min_still_j=0.92)
+    assert o.mean_j >= 0.89, o.mean_j
+    assert o.encoder_calls_per_frame <= 0.27, o.encoder_calls_per_frame  # issue 10: 0.2 (0.145 / 0.246)
+
+
+def test_a_white_product_on_a_white_sweep_is_found_by_its_outline(studio):
+    # In colour it is a shadow; the stage finds it by its outline, and the graph cut fills thin parts (stand,
+    # cable) but not the wide flat body whose top is as bright as the paper (README, Known limits).
+    o = studio("developed", product="white", backdrop="white")
+    assert len(o.products) == 1 and o.false_alarm_frames == [], (o.products, o.false_alarm_frames)
+    assert o.still_frame is not None and o.mean_j >= 0.45, (o.still_frame, o.mean_j)
 
 
 @pytest.mark.xfail(strict=True, reason="known limit: a near-white product on a white sweep (README, Known limits)")
