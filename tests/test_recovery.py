@@ -6,8 +6,8 @@ memory judges every mask, and a lost object is re-keyed until it is found again 
 
 - car-roundabout from a family of boxes (tight, padded by 5/10/20 % of its size, shifted by 3 px): the
   same segmentation, J >= 0.82 and no frame below 0.5 after frame 5;
-- blackswan from the same family: the issue's goal is J >= 0.85; the weight-free backend reaches 0.35-0.38
-  (its colour models take the shaded wall and the swan's dark wake for the swan, even from the first-frame
+- blackswan from the same family: the issue's goal is J >= 0.85; the weight-free backend reaches ~0.45
+  (its colour models take the swan's dark wake and reflection for the swan, even from the first-frame
   mask), so this file guards the level measured, not the goal;
 - frames blanked to grey mid-clip: the loss and the recovery are logged, the object is back within 10
   frames, and it stays one product.
@@ -24,6 +24,8 @@ from data_paths import load_masks, require_data
 
 from turncrop.stream.config import load_config
 from turncrop.stream.evaluate import evaluate
+from turncrop.tracking.motioncue import motion_log_odds
+from turncrop.tracking.propagation import Motion
 from turncrop.tracking.recovery import ObjectWatch, RecoveryOptions
 
 
@@ -112,7 +114,7 @@ def test_the_search_moves_the_anchor_onto_the_remembered_colours():
 
 # -- end to end on real video ---------------------------------------------------------------------------
 
-SWAN_J = 0.33  # measured 0.35-0.38 (tight, pad20; issue 15 closing note); the goal, 0.85, is not reached
+SWAN_J = 0.40  # measured 0.43-0.45 over the family (issue 15 closing note); the goal, 0.85, is not reached
 FAMILY_SAMPLE = ("tight", "pad20", "x-3", "y-3")  # the whole family is measured in the closing note of issue 15
 
 
@@ -139,7 +141,7 @@ def test_blackswan_from_the_family_holds_its_level(member):
     tight = _tight_box(load_masks(folder / "masks")[0])
     j, per_frame, report = _evaluate(folder / "frames", folder / "masks", box_family(tight)[member])
     assert j >= SWAN_J, f"{member}: mean J {j:.4f}"
-    assert min(per_frame) > 0.25 and report["products"] == 1, per_frame
+    assert min(per_frame) > 0.3 and report["products"] == 1, per_frame
 
 
 def _blanked_clip(folder, out, frames: int, blank: range):
@@ -169,3 +171,13 @@ def test_an_object_lost_to_blank_frames_is_re_acquired_and_logged(tmp_path, car,
     assert min(per_frame[found[0]:]) >= 0.7, per_frame
     assert report["products"] == 1 and "left the stage" not in caplog.text
 
+
+def test_motion_tells_an_object_from_a_backdrop_that_moves_otherwise():
+    flow = np.zeros((100, 100, 2), np.float32)
+    flow[...] = (6.0, 0.0)  # the camera pans: the backdrop moves ...
+    flow[30:70, 30:70] = 0.0  # ... and the object it follows does not
+    mask = _square(100, 30, 30, 40)
+    odds = motion_log_odds(Motion(flow, 1.0, np.zeros(2, np.float32)), mask, np.array([30, 30, 70, 70]), (100, 100))
+    assert odds[50, 50] > 2 and odds[5, 5] < -2 and odds[50, 80] < -2
+    still = Motion(np.zeros_like(flow), 1.0, np.zeros(2, np.float32))
+    assert motion_log_odds(still, mask, np.array([30, 30, 70, 70]), (100, 100)) is None

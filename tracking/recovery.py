@@ -25,6 +25,8 @@ from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import FIRST, OPERATOR
 from turncrop.tracking.masks import mask_box
 from turncrop.tracking.masktrack import MaskResult, MaskTracker
+from turncrop.tracking.motioncue import motion_log_odds
+from turncrop.tracking.propagation import Motion
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class ObjectWatch:
 
     def reset(self) -> None:
         self.anchor: np.ndarray | None = None  # (4,) float32 XYXY
+        self.motion_evidence: np.ndarray | None = None  # (H, W) float32 of the last `move`
         self._memory: _Memory | None = None
         self.lost_since: int | None = None  # frame index of the current loss, None when held
         self._gave_up = False
@@ -99,10 +102,15 @@ class ObjectWatch:
             return None
         return _grow(self.anchor, self.options.box_margin, size)
 
-    def move(self, shift: np.ndarray) -> None:
-        """Carry the anchor by the object's (dx, dy) flow since the last frame (full-resolution pixels)."""
+    def move(self, motion: Motion, mask: np.ndarray) -> np.ndarray | None:
+        """Carry the anchor by the object's flow since the last frame (`motion`, measured over its previous
+        (H, W) bool `mask`); returns the (H, W) float32 log-odds of moving with the object, or None."""
+        self.motion_evidence = None
         if self.anchor is not None:
-            self.anchor = self.anchor + np.tile(np.asarray(shift, np.float32), 2)
+            self.anchor = self.anchor + np.tile(np.asarray(motion.shift, np.float32), 2)
+            if mask.any():
+                self.motion_evidence = motion_log_odds(motion, mask, self.anchor, mask.shape)
+        return self.motion_evidence
 
     def region(self, size: tuple[int, int]) -> np.ndarray | None:
         """(H, W) bool: the anchor's pixels, where the object's motion is measured while its mask is lost."""
@@ -260,10 +268,16 @@ def watched_step(masks: MaskTracker, watch: ObjectWatch, frame: Frame, box: np.n
     first = first or result.reason in (FIRST, OPERATOR)  # a prompt is the operator's word: remember it afresh
     verdict = watch.observe(frame.index, frame.image, result.mask, result.keyframe, first)
     if verdict.lost and not searching:
+        # Again on this frame, from the anchor: no flow to measure now, so this frame's motion evidence is kept.
         _search(masks, watch, frame)
-        result = masks.step(frame, None, anchor=watch, recovery=True, evidence=prompt.get("evidence"))
+        evidence = _sum(prompt.get("evidence"), watch.motion_evidence)
+        result = masks.step(frame, watch.box(frame.size), recovery=True, evidence=evidence)
         watch.observe(frame.index, frame.image, result.mask, result.keyframe, False)
     return result
+
+
+def _sum(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    return b if a is None else a if b is None else a + b
 
 
 def _search(masks: MaskTracker, watch: ObjectWatch, frame: Frame) -> None:
