@@ -28,7 +28,7 @@ from turncrop.models.base import Embedding, MaskSet, Prompt, Segmenter
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import Decision, KeyframePolicy
 from turncrop.tracking.masks import mask_box, mask_iou
-from turncrop.tracking.propagation import FlowPropagator, Motion
+from turncrop.tracking.propagation import FlowPropagator
 
 AGREEMENT_WEIGHT = 0.5  # how much agreement with the propagated prior counts against predicted quality
 CARRY_BOX_MARGIN = 0.05  # a carried live mask may reach this fraction of the box size beyond the box
@@ -89,7 +89,7 @@ class Keyframe:
 class BoxAnchor(Protocol):
     """A box prompt carried by the object's motion (`tracking.recovery.ObjectWatch`)."""
 
-    def move(self, motion: Motion, mask: np.ndarray) -> np.ndarray | None: ...
+    def move(self, shift: np.ndarray) -> None: ...
 
     def box(self, size: tuple[int, int]) -> np.ndarray | None: ...
 
@@ -148,8 +148,7 @@ class MaskTracker:
           points, point_labels: operator clicks (N, 2) / (N,), 1 positive, 0 negative.
           new_track / rekey / recovery: force a keyframe (a new track id; the operator asked; the object
             was lost).
-          anchor: a box that moves with the object's flow and is the box prompt when `box` is None; the
-            (H, W) log-odds of moving with the object it returns are added to `evidence`.
+          anchor: a box that moves with the object's flow and is the box prompt when `box` is None.
         """
         grey = self.propagator.grey(frame.image)
         prior, propagated = None, None
@@ -160,12 +159,11 @@ class MaskTracker:
             propagated = self.propagator.warp(self._prev_mask.astype(np.float32), m) > 0.5
             self._drift += m.shift
             if anchor is not None:
-                moving = anchor.move(m, self._prev_mask)
-                evidence = moving if evidence is None or moving is None else evidence + moving
+                anchor.move(m.shift)
                 box = anchor.box(frame.size) if box is None else box
         if seeded is not None:
             propagated = seeded
-        if (anchor is not None or recovery) and propagated is not None and not propagated.any() and box is not None:
+        if anchor is not None and propagated is not None and not propagated.any() and box is not None:
             propagated = None  # a lost mask carried forward as "background everywhere" would keep it lost
         if propagated is not None:
             prior = self.propagator.prior_logits(propagated)

@@ -441,9 +441,9 @@ class ProductPipeline:
 
     def _track(self, frame: Frame, detections: sv.Detections) -> dict:
         """This frame's prompt for the product on stage: its tracked box when something was detected."""
+        product = self.product
         if not self._detecting:
             return {"box": None}  # the watch's anchor (`watched_step`), not a box that follows the masks
-        product = self.product
         if not len(detections):
             return {"box": None}
         tracked = self.boxes.update(detections, frame.timestamp)
@@ -489,12 +489,12 @@ class ProductPipeline:
             self._begin(frame, events)
             initial = True
         product = self.product
-        later = not initial  # a product's first frame is a keyframe anyway
         step = dict(evidence=evidence, points=prompt.get("points"), point_labels=prompt.get("point_labels"),
-                    new_track=later and prompt.get("new_track", False), rekey=later and prompt.get("rekey", False))
-        # Only its own masks see a product without a detector: guard them against loss (`tracking.recovery`).
-        result = self.masks.step(frame, prompt.get("box"), **step) if self._detecting else \
-            watched_step(self.masks, self.watch, frame, prompt.get("box"), initial, **step)
+                    new_track=bool(prompt.get("new_track")) and not initial, rekey=bool(prompt.get("rekey")) and not initial)
+        if self._detecting:
+            result = self.masks.step(frame, prompt.get("box"), **step)
+        else:  # only its own masks see the product: guard them against loss (`tracking.recovery`)
+            result = watched_step(self.masks, self.watch, frame, prompt.get("box"), initial, **step)
         mask, alpha, still_frame = result.mask, None, frame
         alone = not self.intruders.present
         if not alone:

@@ -25,8 +25,6 @@ from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import FIRST, OPERATOR
 from turncrop.tracking.masks import mask_box
 from turncrop.tracking.masktrack import MaskResult, MaskTracker
-from turncrop.tracking.motioncue import motion_log_odds
-from turncrop.tracking.propagation import Motion
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,6 @@ class RecoveryOptions:
     recovered_area: float = 0.6  # a re-keyed mask at least this fraction of the memory's area is recovered
     shrink_rate: float = 0.04  # the anchor's edges move inward at most this fraction of its size a frame
     grow_rate: float = 0.05  # ... and outward at most this
-    max_growth: float = 1.25  # the anchor is at most this times the memory's box size in each dimension
     box_margin: float = 0.03  # the box prompt is the anchor grown by this fraction of its size each side
     memory_rate: float = 0.3  # weight of a new healthy keyframe in the memory
     patience: int = 30  # frames of search before the object is given up (then it may end)
@@ -72,7 +69,6 @@ class Verdict:
 class _Memory:
     histogram: np.ndarray  # (_BINS^3,) float32, sums to 1
     area: float
-    size: np.ndarray  # (2,) float32 width, height of the core box
 
 
 class ObjectWatch:
@@ -84,7 +80,6 @@ class ObjectWatch:
 
     def reset(self) -> None:
         self.anchor: np.ndarray | None = None  # (4,) float32 XYXY
-        self.motion_evidence: np.ndarray | None = None  # (H, W) float32 of the last `move`
         self._memory: _Memory | None = None
         self.lost_since: int | None = None  # frame index of the current loss, None when held
         self._gave_up = False
@@ -102,15 +97,10 @@ class ObjectWatch:
             return None
         return _grow(self.anchor, self.options.box_margin, size)
 
-    def move(self, motion: Motion, mask: np.ndarray) -> np.ndarray | None:
-        """Carry the anchor by the object's flow since the last frame (`motion`, measured over its previous
-        (H, W) bool `mask`); returns the (H, W) float32 log-odds of moving with the object, or None."""
-        self.motion_evidence = None
+    def move(self, shift: np.ndarray) -> None:
+        """Carry the anchor by the object's (dx, dy) flow since the last frame (full-resolution pixels)."""
         if self.anchor is not None:
-            self.anchor = self.anchor + np.tile(np.asarray(motion.shift, np.float32), 2)
-            if mask.any():
-                self.motion_evidence = motion_log_odds(motion, mask, self.anchor, mask.shape)
-        return self.motion_evidence
+            self.anchor = self.anchor + np.tile(np.asarray(shift, np.float32), 2)
 
     def region(self, size: tuple[int, int]) -> np.ndarray | None:
         """(H, W) bool: the anchor's pixels, where the object's motion is measured while its mask is lost."""
@@ -130,8 +120,8 @@ class ObjectWatch:
         if first or self._memory is None:
             self.reset()
             if mask.any():
-                self.anchor = _core_box(mask)
-                self._memory = _Memory(_histogram(image, mask), float(mask.sum()), self.anchor[2:] - self.anchor[:2])
+                self._memory = _Memory(_histogram(image, mask), float(mask.sum()))
+                self.anchor = np.asarray(mask_box(mask), np.float32)
             return Verdict(True, False, False, "first")
         reason = self._fault(image, mask)
         if reason is not None:
@@ -199,19 +189,12 @@ class ObjectWatch:
         outward = np.array([-1, -1, 1, 1], np.float32)  # the sign of an edge's move that grows the box
         step = (target - anchor) * outward
         step = np.clip(step, -o.shrink_rate * size, o.grow_rate * size)
-        moved = anchor + step * outward
-        # A mask leaking out frame after frame must not take the box with it: the box keeps to the size of
-        # the object as its healthy keyframes knew it, give or take `max_growth`.
-        centre, half = (moved[:2] + moved[2:]) / 2, (moved[2:] - moved[:2]) / 2
-        half = np.minimum(half, o.max_growth * self._memory.size / 2)
-        return np.concatenate([centre - half, centre + half]).astype(np.float32)
+        return (anchor + step * outward).astype(np.float32)
 
     def _remember(self, image: np.ndarray, mask: np.ndarray) -> None:
         rate, memory = self.options.memory_rate, self._memory
         memory.histogram = (1 - rate) * memory.histogram + rate * _histogram(image, mask)
         memory.area = (1 - rate) * memory.area + rate * float(mask.sum())
-        core = _core_box(mask)
-        memory.size = (1 - rate) * memory.size + rate * (core[2:] - core[:2])
 
 
 def _histogram(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -268,16 +251,10 @@ def watched_step(masks: MaskTracker, watch: ObjectWatch, frame: Frame, box: np.n
     first = first or result.reason in (FIRST, OPERATOR)  # a prompt is the operator's word: remember it afresh
     verdict = watch.observe(frame.index, frame.image, result.mask, result.keyframe, first)
     if verdict.lost and not searching:
-        # Again on this frame, from the anchor: no flow to measure now, so this frame's motion evidence is kept.
         _search(masks, watch, frame)
-        evidence = _sum(prompt.get("evidence"), watch.motion_evidence)
-        result = masks.step(frame, watch.box(frame.size), recovery=True, evidence=evidence)
+        result = masks.step(frame, None, anchor=watch, recovery=True, evidence=prompt.get("evidence"))
         watch.observe(frame.index, frame.image, result.mask, result.keyframe, False)
     return result
-
-
-def _sum(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
-    return b if a is None else a if b is None else a + b
 
 
 def _search(masks: MaskTracker, watch: ObjectWatch, frame: Frame) -> None:
