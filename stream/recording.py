@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import cv2
 import numpy as np
 
 from turncrop.stream.config import BACKEND_NAMES, Config, ConfigError, load_config, read_prompt_mask
@@ -79,8 +80,6 @@ class RecordingError(SourceError):
 
 def versions() -> dict[str, str]:
     """The versions that decide what a run produces, as stored in session.json."""
-    import cv2
-
     out = {"python": platform.python_version(), "opencv": cv2.__version__, "pyav": av.__version__,
            "numpy": np.__version__}
     for package in ("turncrop", "torch"):
@@ -264,8 +263,6 @@ def _stored_config(config: Config, folder: Path) -> dict[str, Any]:
     """`config` as session.json keeps it: a prompt mask is copied into the session, so replays find it."""
     data = config.to_dict()
     if config.prompt.mask is not None:
-        import cv2
-
         mask = read_prompt_mask(config.prompt.mask)
         if not cv2.imwrite(str(folder / PROMPT_MASK_FILE), mask.astype(np.uint8) * 255):
             raise RecordingError(f"{folder / PROMPT_MASK_FILE}: cannot write the prompt's mask")
