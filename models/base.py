@@ -38,6 +38,8 @@ class Prompt:
             raise ValueError(f"Prompt: points must be (N, 2) with N labels, got {self.points.shape}")
         if self.box is not None and np.asarray(self.box).shape != (4,):
             raise ValueError(f"Prompt: box must be (4,) XYXY, got shape {np.asarray(self.box).shape}")
+        if self.box is not None and not (self.box[2] > self.box[0] and self.box[3] > self.box[1]):
+            raise ValueError(f"Prompt: box must have x1 > x0 and y1 > y0, got {np.asarray(self.box).tolist()}")
         if self.mask_logits is not None and np.asarray(self.mask_logits).ndim != 2:
             raise ValueError("Prompt: mask_logits must be a 2-D (H, W) array")
 

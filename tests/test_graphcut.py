@@ -320,3 +320,9 @@ def test_options_validation(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=f"graphcut.{name}"):
         GraphCutOptions(**kwargs)
+
+
+@pytest.mark.parametrize("box", ([50, 10, 40, 30], [10, 30, 40, 30]))
+def test_an_empty_or_inverted_box_is_refused_by_name(box):
+    with pytest.raises(ValueError, match="x1 > x0 and y1 > y0"):
+        Prompt(box=np.array(box, np.float32))

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 FIRST = "first"
 NEW_TRACK = "new_track"
 OPERATOR = "operator"
+RECOVERY = "recovery"
 MAX_INTERVAL = "max_interval"
 MOTION = "motion"
 QUALITY_DROP = "quality_drop"
@@ -69,8 +70,9 @@ class KeyframePolicy:
         self._last_key, self._key_score = None, None
 
     def before_decode(self, frame_index: int, *, motion: float = 0.0, new_track: bool = False,
-                      operator: bool = False) -> Decision:
-        """`motion`: the object's displacement since the last keyframe, as a fraction of its box size."""
+                      operator: bool = False, recovery: bool = False) -> Decision:
+        """`motion`: the object's displacement since the last keyframe, as a fraction of its box size.
+        `recovery`: the object was lost (`tracking.recovery`) and is being searched for."""
         self.frames += 1
         if self._last_key is None:
             return self._key(frame_index, FIRST)
@@ -78,6 +80,8 @@ class KeyframePolicy:
             return self._key(frame_index, NEW_TRACK)
         if operator:
             return self._key(frame_index, OPERATOR)
+        if recovery:
+            return self._key(frame_index, RECOVERY)
         if frame_index - self._last_key >= self.options.max_interval:
             return self._key(frame_index, MAX_INTERVAL)
         if motion >= self.options.motion:

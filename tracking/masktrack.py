@@ -20,6 +20,7 @@ evidence (the empty-stage model) to carry as the mask until the background keyfr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -85,6 +86,14 @@ class Keyframe:
     encoded: bool = True
 
 
+class BoxAnchor(Protocol):
+    """A box prompt carried by the object's motion (`tracking.recovery.ObjectWatch`)."""
+
+    def move(self, shift: np.ndarray) -> None: ...
+
+    def box(self, size: tuple[int, int]) -> np.ndarray | None: ...
+
+
 class MaskTracker:
     """Segments one object frame after frame. Not thread-safe; one instance per object.
 
@@ -129,14 +138,17 @@ class MaskTracker:
 
     def step(self, frame: Frame, box: np.ndarray | None, evidence: np.ndarray | None = None,
              points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
-             new_track: bool = False, rekey: bool = False) -> MaskResult:
+             new_track: bool = False, rekey: bool = False, recovery: bool = False,
+             anchor: BoxAnchor | None = None) -> MaskResult:
         """Segment `frame`.
 
         Args:
           box: (4,) XYXY tracked box of the object, or None to use the propagated mask's box.
           evidence: (H, W) float32 extra log-odds added to the dense prompt (e.g. the empty-stage model).
           points, point_labels: operator clicks (N, 2) / (N,), 1 positive, 0 negative.
-          new_track / rekey: force a keyframe (a new track id; the operator asked).
+          new_track / rekey / recovery: force a keyframe (a new track id; the operator asked; the object
+            was lost).
+          anchor: a box that moves with the object's flow and is the box prompt when `box` is None.
         """
         grey = self.propagator.grey(frame.image)
         prior, propagated = None, None
@@ -146,8 +158,13 @@ class MaskTracker:
             m = self.propagator.motion(self._prev_grey, grey, frame.size, region=self._prev_mask)
             propagated = self.propagator.warp(self._prev_mask.astype(np.float32), m) > 0.5
             self._drift += m.shift
+            if anchor is not None:
+                anchor.move(m.shift)
+                box = anchor.box(frame.size) if box is None else box
         if seeded is not None:
             propagated = seeded
+        if anchor is not None and propagated is not None and not propagated.any() and box is not None:
+            propagated = None  # a lost mask carried forward as "background everywhere" would keep it lost
         if propagated is not None:
             prior = self.propagator.prior_logits(propagated)
             if box is None and propagated.any():
@@ -163,7 +180,8 @@ class MaskTracker:
             dense = evidence if dense is None else dense + evidence
         prompt = Prompt(points=points, point_labels=point_labels, box=box, mask_logits=dense)
 
-        decision = self.policy.before_decode(frame.index, motion=motion, new_track=new_track, operator=rekey)
+        decision = self.policy.before_decode(frame.index, motion=motion, new_track=new_track, operator=rekey,
+                                             recovery=recovery)
         # Live, with the caller's evidence (the stage model) to carry, even an object's first keyframe is
         # encoded in the background: until it arrives the evidence alone is the mask.
         carry_first = self.defer_keyframes and self._embedding is None and evidence is not None and points is None
@@ -184,6 +202,12 @@ class MaskTracker:
         if result.keyframe:
             self._drift[:] = 0
         return result
+
+    def forget_mask(self) -> None:
+        """Drop the carried-forward mask (it was judged lost): the next frame has no dense prior, and its
+        motion is measured over the whole frame."""
+        if self._prev_mask is not None:
+            self._prev_mask = np.zeros_like(self._prev_mask)
 
     def take_request(self) -> KeyframeRequest | None:
         """The newest request for the worker (keyframe or refresh), if any; handed out once."""

@@ -33,6 +33,7 @@ from turncrop.tracking.masks import mask_box, mask_iou, resize_mask
 from turncrop.tracking.masktrack import Keyframe, KeyframeRequest, MaskResult, MaskTracker
 from turncrop.tracking.operator import CommandApplied, OperatorCommand
 from turncrop.tracking.propagation import FlowPropagator, PropagationOptions
+from turncrop.tracking.recovery import ObjectWatch, RecoveryOptions, watched_step
 from turncrop.tracking.stage import MATTE_BAND, StageModel, StageOptions
 from turncrop.tracking.stills import CandidatePool, StillScore, StillWeights, score_still
 
@@ -98,6 +99,7 @@ class PipelineOptions:
     products: ProductOptions = field(default_factory=ProductOptions)
     stills: StillWeights = field(default_factory=StillWeights)
     intruders: IntruderOptions = field(default_factory=IntruderOptions)
+    recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class Product:
     box: np.ndarray | None = None  # the last mask's box
     track_box: np.ndarray | None = None  # the last box of its track (stage model or detector)
     missing: int = 0
+    prompted: bool = False  # an operator's or the command line's prompt started it: never a transient
     frames_not_alone: int = 0  # frames with an intruder (the operator's hand) in view: no still from them
     uncut_best: tuple | None = None  # live: (frame, mask, evidence) of the best still so far
     final_cut: FinalCut | None = None  # live: the best still's cut, prepared as the product ends
@@ -241,6 +244,7 @@ class ProductPipeline:
         self.policy = KeyframePolicy(self.options.keyframes)
         self.masks = MaskTracker(segmenter, self.policy, FlowPropagator(self.options.propagation),
                                  defer_keyframes=defer_keyframes)
+        self.watch = ObjectWatch(self.options.recovery)
         self.boxes = BoxTracker(frame_rate, lost_track_buffer=self.options.products.track_buffer)
         self.product: Product | None = None
         self.products_started = 0
@@ -274,7 +278,7 @@ class ProductPipeline:
                     self._learn_empty(frame)
                 return FrameResult(frame, sv.Detections.empty(), events=events, alone=not self.intruders.present)
             self._begin(frame, events)
-            self.product.track_id = start.get("track_id")
+            self.product.track_id, self.product.prompted = start.get("track_id"), "points" in start
             if start.get("mask") is not None:
                 self.masks.seed(start["mask"])
             return self._segment(frame, evidence, start, events, initial=True)
@@ -437,14 +441,9 @@ class ProductPipeline:
 
     def _track(self, frame: Frame, detections: sv.Detections) -> dict:
         """This frame's prompt for the product on stage: its tracked box when something was detected."""
-        product = self.product
         if not self._detecting:
-            # Only the product's own masks feed its track: prompt with the Kalman prediction, which a
-            # one-frame leak into the background cannot drag along the way the mask's own box would.
-            predicted = self.boxes.predict(frame.timestamp)
-            box = np.asarray(predicted.xyxy[0], np.float32) if len(predicted) else None
-            valid = box is not None and box[2] > box[0] and box[3] > box[1]  # a collapsing track can invert
-            return {"box": box if valid else None}
+            return {"box": None}  # the watch's anchor (`watched_step`), not a box that follows the masks
+        product = self.product
         if not len(detections):
             return {"box": None}
         tracked = self.boxes.update(detections, frame.timestamp)
@@ -490,11 +489,12 @@ class ProductPipeline:
             self._begin(frame, events)
             initial = True
         product = self.product
-        result = self.masks.step(
-            frame, prompt.get("box"), evidence=evidence,
-            points=prompt.get("points"), point_labels=prompt.get("point_labels"),
-            new_track=bool(prompt.get("new_track")) and not initial, rekey=bool(prompt.get("rekey")) and not initial,
-        )
+        later = not initial  # a product's first frame is a keyframe anyway
+        step = dict(evidence=evidence, points=prompt.get("points"), point_labels=prompt.get("point_labels"),
+                    new_track=later and prompt.get("new_track", False), rekey=later and prompt.get("rekey", False))
+        # Only its own masks see a product without a detector: guard them against loss (`tracking.recovery`).
+        result = self.masks.step(frame, prompt.get("box"), **step) if self._detecting else \
+            watched_step(self.masks, self.watch, frame, prompt.get("box"), initial, **step)
         mask, alpha, still_frame = result.mask, None, frame
         alone = not self.intruders.present
         if not alone:
@@ -511,8 +511,8 @@ class ProductPipeline:
             product.keyframe_reasons[result.reason] += 1
         self._last_mask = mask
         if not mask.any():
-            if not self._detecting:
-                product.missing += 1  # without a detector an empty mask is the only sign it left
+            if not self._detecting and not self.watch.searching:
+                product.missing += 1  # without a detector an empty mask it gave up searching for
             return FrameResult(frame, sv.Detections.empty(), mask_result=result, events=events, alone=alone)
         if not self._detecting:
             product.missing = 0
@@ -582,7 +582,7 @@ class ProductPipeline:
 
     def _end(self, frame_index: int, reason: str, events: list) -> None:
         product = self.product
-        transient = product.frames < self.options.products.min_frames
+        transient = product.frames < self.options.products.min_frames and not product.prompted
         if not transient:
             self._prepare_final_cut(product)
         log.info("%s ended at frame %d: %s%s", product.product_id, frame_index, reason,

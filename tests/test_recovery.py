@@ -1,0 +1,181 @@
+"""Never lose the object off the studio path (issue 15, items 1 and 2), on the weight-free backend.
+
+With a box prompt and no empty-stage model the product's own masks are the only evidence of it. The box
+prompt is an anchor moved by the object's flow that does not shrink with a failing mask, an appearance
+memory judges every mask, and a lost object is re-keyed until it is found again (`tracking.recovery`).
+
+- car-roundabout from a family of boxes (tight, padded by 5/10/20 % of its size, shifted by 3 px): the
+  same segmentation, J >= 0.82 and no frame below 0.5 after frame 5;
+- blackswan from the same family: the issue's goal is J >= 0.85; the weight-free backend reaches 0.35-0.38
+  (its colour models take the shaded wall and the swan's dark wake for the swan, even from the first-frame
+  mask), so this file guards the level measured, not the goal;
+- frames blanked to grey mid-clip: the loss and the recovery are logged, the object is back within 10
+  frames, and it stays one product.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+import cv2
+import numpy as np
+import pytest
+from data_paths import load_masks, require_data
+
+from turncrop.stream.config import load_config
+from turncrop.stream.evaluate import evaluate
+from turncrop.tracking.recovery import ObjectWatch, RecoveryOptions
+
+
+def box_family(tight: list[float]) -> dict[str, list[float]]:
+    """The tight box, the box padded by 5, 10 and 20 % of its size (half each side) and shifted by ±3 px."""
+    x0, y0, x1, y1 = tight
+    family = {"tight": list(tight)}
+    for pad in (5, 10, 20):
+        dx, dy = (x1 - x0) * pad / 200, (y1 - y0) * pad / 200
+        family[f"pad{pad}"] = [x0 - dx, y0 - dy, x1 + dx, y1 + dy]
+    for name, (sx, sy) in {"x+3": (3, 0), "x-3": (-3, 0), "y+3": (0, 3), "y-3": (0, -3)}.items():
+        family[name] = [x0 + sx, y0 + sy, x1 + sx, y1 + sy]
+    return family
+
+
+def _tight_box(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def _evaluate(frames, masks, box: list[float]) -> tuple[float, list[float], dict]:
+    report = evaluate(frames, masks, load_config(None, {"backend": "graphcut", "prompt.box": box}))
+    return report["J_mean"], [d["J"] for d in report["frames_detail"]], report
+
+
+# -- the watch on its own ---------------------------------------------------------------------------------
+
+
+def _square(size: int, x0: int, y0: int, side: int) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[y0:y0 + side, x0:x0 + side] = True
+    return mask
+
+
+def test_the_anchor_does_not_shrink_with_a_collapsing_mask():
+    image = np.full((200, 200, 3), 90, np.uint8)
+    image[50:150, 50:150] = (200, 40, 40)
+    watch = ObjectWatch(RecoveryOptions())
+    watch.observe(0, image, _square(200, 50, 50, 100), keyframe=True, first=True)
+    # The mask loses 8 px a frame on its left side: a healthy mask, but the box may not follow that fast.
+    for i in range(1, 6):
+        mask = _square(200, 50, 50, 100)
+        mask[:, :50 + 8 * i] = False
+        assert watch.observe(i, image, mask, keyframe=False, first=False).healthy
+    assert watch.anchor[0] <= 50 + 5 * RecoveryOptions().shrink_rate * 100 + 1e-3, watch.anchor
+
+
+def test_an_anchor_carried_out_of_the_frame_gives_no_box():
+    image = np.full((200, 200, 3), 90, np.uint8)
+    watch = ObjectWatch(RecoveryOptions())
+    watch.observe(0, image, _square(200, 150, 50, 40), keyframe=True, first=True)
+    watch.move(np.array([30.0, 0.0]))
+    assert watch.box((200, 200))[2] == 200  # half out: clipped to the frame
+    watch.move(np.array([40.0, 0.0]))
+    assert watch.box((200, 200)) is None  # wholly out: no box prompt, not an inverted one
+
+
+def test_a_collapsed_mask_is_lost_and_a_whole_one_recovers(caplog):
+    image = np.full((200, 200, 3), 90, np.uint8)
+    image[50:150, 50:150] = (200, 40, 40)
+    watch = ObjectWatch(RecoveryOptions())
+    whole = _square(200, 50, 50, 100)
+    watch.observe(0, image, whole, keyframe=True, first=True)
+    with caplog.at_level(logging.INFO, logger="turncrop.tracking.recovery"):
+        lost = watch.observe(1, image, _square(200, 90, 90, 20), keyframe=False, first=False)
+        assert lost.lost and "collapsed" in lost.reason and watch.searching
+        assert watch.observe(2, image, np.zeros_like(whole), keyframe=True, first=False).lost
+        back = watch.observe(3, image, whole, keyframe=True, first=False)
+    assert back.recovered and not watch.searching
+    assert "frame 1: object lost: area collapsed" in caplog.text
+    assert "frame 3: object re-acquired after 2 frames" in caplog.text
+
+
+def test_a_mask_of_other_colours_is_lost():
+    image = np.full((200, 200, 3), 90, np.uint8)
+    image[50:150, 50:150] = (200, 40, 40)
+    watch = ObjectWatch(RecoveryOptions())
+    watch.observe(0, image, _square(200, 50, 50, 100), keyframe=True, first=True)
+    elsewhere = np.zeros((200, 200), bool)
+    elsewhere[:, :100] = True
+    elsewhere[50:150, 50:100] = False  # as large as the object, all backdrop
+    verdict = watch.observe(1, image, elsewhere, keyframe=False, first=False)
+    assert verdict.lost and "colours unlike memory" in verdict.reason
+
+
+def test_the_search_moves_the_anchor_onto_the_remembered_colours():
+    image = np.full((300, 300, 3), 90, np.uint8)
+    image[50:150, 50:150] = (200, 40, 40)
+    watch = ObjectWatch(RecoveryOptions())
+    watch.observe(0, image, _square(300, 50, 50, 100), keyframe=True, first=True)
+    moved = np.full_like(image, 90)
+    moved[90:190, 110:210] = (200, 40, 40)  # the object moved while it was lost
+    watch.search(moved)
+    assert np.allclose(watch.anchor, [110, 90, 210, 190], atol=3), watch.anchor
+
+
+# -- end to end on real video ---------------------------------------------------------------------------
+
+SWAN_J = 0.33  # measured 0.35-0.38 (tight, pad20; issue 15 closing note); the goal, 0.85, is not reached
+FAMILY_SAMPLE = ("tight", "pad20", "x-3", "y-3")  # the whole family is measured in the closing note of issue 15
+
+
+@pytest.fixture(scope="module")
+def car():
+    folder = require_data("davis_car_roundabout")
+    return folder / "frames", folder / "masks", _tight_box(load_masks(folder / "masks")[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("member", FAMILY_SAMPLE)
+def test_car_roundabout_from_every_box_of_the_family(car, member):
+    frames, masks, tight = car
+    j, per_frame, report = _evaluate(frames, masks, box_family(tight)[member])
+    assert j >= 0.82, f"{member}: mean J {j:.4f}"
+    assert min(per_frame[6:]) >= 0.5, f"{member}: frame {int(np.argmin(per_frame[6:])) + 6} J {min(per_frame[6:]):.3f}"
+    assert report["products"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("member", ("tight", "pad20"))
+def test_blackswan_from_the_family_holds_its_level(member):
+    folder = require_data("davis_blackswan")
+    tight = _tight_box(load_masks(folder / "masks")[0])
+    j, per_frame, report = _evaluate(folder / "frames", folder / "masks", box_family(tight)[member])
+    assert j >= SWAN_J, f"{member}: mean J {j:.4f}"
+    assert min(per_frame) > 0.25 and report["products"] == 1, per_frame
+
+
+def _blanked_clip(folder, out, frames: int, blank: range):
+    """The first `frames` frames of a DAVIS clip with the frames in `blank` made uniform grey, and its masks."""
+    (out / "frames").mkdir(parents=True)
+    (out / "masks").mkdir()
+    sources = sorted((folder / "frames").iterdir())[:frames]
+    for i, (image, mask) in enumerate(zip(sources, sorted((folder / "masks").iterdir()))):
+        picture = cv2.imread(str(image))
+        if i in blank:
+            picture[:] = 128
+        cv2.imwrite(str(out / "frames" / f"{i:05d}.png"), picture)
+        cv2.imwrite(str(out / "masks" / f"{i:05d}.png"), cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE))
+    return out / "frames", out / "masks"
+
+
+@pytest.mark.slow
+def test_an_object_lost_to_blank_frames_is_re_acquired_and_logged(tmp_path, car, caplog):
+    blank = range(20, 24)
+    frames, masks = _blanked_clip(require_data("davis_car_roundabout"), tmp_path, 40, blank)
+    with caplog.at_level(logging.INFO, logger="turncrop.tracking"):
+        j, per_frame, report = _evaluate(frames, masks, box_family(car[2])["pad10"])
+    lost = [int(m) for m in re.findall(r"frame (\d+): object lost: ", caplog.text)]
+    found = [int(m) for m in re.findall(r"frame (\d+): object re-acquired", caplog.text)]
+    assert lost and lost[0] in blank, caplog.text
+    assert found and found[0] - blank.stop < 10, caplog.text
+    assert min(per_frame[found[0]:]) >= 0.7, per_frame
+    assert report["products"] == 1 and "left the stage" not in caplog.text
+
