@@ -272,13 +272,15 @@ def test_studio_realistic_keeps_the_operator_out():
 
 @pytest.mark.slow
 def test_operator_clicks_correct_the_mask(tmp_path):
-    """The golden outputs with the clicks beat a replay of the same session without them."""
+    """The golden outputs with the clicks beat a replay of the same session without them, from the click on:
+    the clicks' keyframe already holds the stand and the base (J 0.82 at the click, was 0.46)."""
     folder = RECORDINGS / "operator_clicks"
     session = open_session(folder)
     click = session.of_kind("command")[1]["frame"]
     golden = load_golden(folder)
     gt = _gt(folder, golden.size)
-    after = [i for i in sorted(gt) if i >= click + 5]
+    assert _j(golden.mask(click), gt[click]) >= 0.75
+    after = [i for i in sorted(gt) if i >= click]
     with_clicks = np.mean([_j(golden.mask(i), gt[i]) for i in after])
 
     unclicked = tmp_path / "unclicked"
