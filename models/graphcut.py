@@ -132,7 +132,8 @@ class GraphCutSegmenter:
         prior = self._prompt_logits(prompt, roi, h, w)
         models = embedding.data
         if models.fg is None:
-            fitted = _fit_colour_models(image, self._grabcut_seeds(prompt, prior), roi, self.options.fit_iterations)
+            fitted = _fit_colour_models(image, self._grabcut_seeds(prompt, prior, roi, h, w), roi,
+                                        self.options.fit_iterations)
             if fitted is None:  # the prompt holds no object colour (e.g. a box over bare backdrop)
                 return _empty(h, w)
             models.fg, models.bg = fitted
@@ -197,17 +198,19 @@ class GraphCutSegmenter:
                 logits[disc > 0] = value
         return logits
 
-    def _grabcut_seeds(self, prompt: Prompt, prior: np.ndarray) -> np.ndarray:
+    def _grabcut_seeds(self, prompt: Prompt, prior: np.ndarray, roi: _Roi, h: int, w: int) -> np.ndarray:
         """GrabCut's four labels over the ROI from the prompt's log-odds.
 
         Clicked points are certain; outside the box is certain background; a dense prior decides the
-        probable labels by its sign, and without one the box interior is probably foreground.
+        probable labels by its sign, and without one the box interior is probably foreground, except a
+        band along each side where the box meets the frame's edge (`_frame_edge_bands`).
         """
         seeds = np.full(prior.shape, cv2.GC_PR_BGD, np.uint8)
         if prompt.mask_logits is not None and (prior > 0).any():
             seeds[prior > 0] = cv2.GC_PR_FGD
         elif prompt.box is not None:
             seeds[prior > self.options.box_outside_logit / 2] = cv2.GC_PR_FGD
+            seeds[_frame_edge_bands(np.asarray(prompt.box, np.float64), roi, h, w)] = cv2.GC_PR_BGD
         if prompt.box is not None:
             seeds[prior <= self.options.box_outside_logit] = cv2.GC_BGD
         seeds[prior >= _HARD] = cv2.GC_FGD
@@ -259,6 +262,33 @@ class GraphCutSegmenter:
             masks[i][roi.slices] = m
             logits[i][roi.slices] = np.where(m, mag, -mag)
         return MaskSet(masks=masks, logits=logits, scores=scores)
+
+
+_EDGE_BAND = 0.06  # of the box's size: the band inside a box side that lies on the frame's edge
+
+
+def _frame_edge_bands(box: np.ndarray, roi: _Roi, h: int, w: int) -> np.ndarray:
+    """(ROI) bool: the band just inside each side of `box` that lies on the frame's edge.
+
+    A box that reaches the frame's edge (a close-up, a padded box clipped by the frame) has no background
+    beyond that side to learn from, and a box's border is more often background than object: there it
+    is probably background, which GrabCut's own iterations overturn where the object's colours are.
+    """
+    bands = np.zeros((roi.y1 - roi.y0, roi.x1 - roi.x0), bool)
+    x0, y0, x1, y1 = box
+    bx, by = max(1, round(_EDGE_BAND * (x1 - x0))), max(1, round(_EDGE_BAND * (y1 - y0)))
+    inside = (slice(max(0, int(y0) - roi.y0), int(np.ceil(y1)) - roi.y0),
+              slice(max(0, int(x0) - roi.x0), int(np.ceil(x1)) - roi.x0))
+    region = bands[inside]
+    if x0 <= 1:
+        region[:, :bx] = True
+    if x1 >= w - 1:
+        region[:, -bx:] = True
+    if y0 <= 1:
+        region[:by, :] = True
+    if y1 >= h - 1:
+        region[-by:, :] = True
+    return bands
 
 
 def _empty(h: int, w: int) -> MaskSet:
