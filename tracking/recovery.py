@@ -43,10 +43,13 @@ class RecoveryOptions:
     box_margin: float = 0.03  # the box prompt is the anchor grown by this fraction of its size each side
     memory_rate: float = 0.3  # weight of a new healthy keyframe in the memory
     patience: int = 30  # frames of search before the object is given up (then it may end)
+    search_reach: float = 2.0  # a lost object is looked for this many of its sizes around where it was
 
     def __post_init__(self) -> None:
         if not 0 < self.collapse < self.recovered_area <= 1 < self.explode:
             raise ValueError("recovery: need 0 < collapse < recovered_area <= 1 < explode")
+        if self.search_reach <= 0:
+            raise ValueError(f"recovery.search_reach must be > 0, got {self.search_reach}")
         if self.patience < 1:
             raise ValueError(f"recovery.patience must be >= 1, got {self.patience}")
 
@@ -142,18 +145,22 @@ class ObjectWatch:
         return Verdict(True, False, recovered, "recovered" if recovered else "healthy")
 
     def search(self, image: np.ndarray) -> None:
-        """While lost: move the anchor to where the memory's colours are, by mean shift over the
-        back-projection of the memory's histogram (a window the anchor's size, started on the anchor)."""
+        """While lost: move the anchor to the window of its size where the memory's colours are densest
+        (the back-projection of the memory's histogram, box-filtered), near where it was last seen: a
+        Gaussian of `search_reach` object sizes around the anchor weighs the whole frame."""
         if self.anchor is None or self._memory is None:
             return
         h, w = image.shape[:2]
-        x0, y0, x1, y1 = _pixels(self.anchor, (h, w))
-        if x1 - x0 < 2 or y1 - y0 < 2:
-            return
-        backprojection = _back_project(image, self._memory.histogram)
-        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 1.0)
-        _, (x, y, _, _) = cv2.meanShift(backprojection, (x0, y0, x1 - x0, y1 - y0), criteria)
-        self.anchor = self.anchor + np.array([x - x0, y - y0, x - x0, y - y0], np.float32)
+        size = np.maximum(self.anchor[2:] - self.anchor[:2], 2.0)
+        window = (int(min(size[0], w)), int(min(size[1], h)))
+        density = cv2.boxFilter(_back_project(image, self._memory.histogram).astype(np.float32), -1, window)
+        cx, cy = (self.anchor[:2] + self.anchor[2:]) / 2
+        reach = self.options.search_reach * float(size.max())
+        near = np.exp(-((np.arange(w, dtype=np.float32) - cx) ** 2)[None, :] / (2 * reach ** 2)) * \
+            np.exp(-((np.arange(h, dtype=np.float32) - cy) ** 2)[:, None] / (2 * reach ** 2))
+        y, x = np.unravel_index(int(np.argmax(density * near)), density.shape)
+        centre = np.array([x + 0.5, y + 0.5], np.float32)
+        self.anchor = np.concatenate([centre - size / 2, centre + size / 2]).astype(np.float32)
 
     def _fault(self, image: np.ndarray, mask: np.ndarray) -> str | None:
         """Why `mask` is not the object the memory holds, or None."""
