@@ -6,11 +6,12 @@ memory judges every mask, and a lost object is re-keyed until it is found again 
 
 - car-roundabout from a family of boxes (tight, padded by 5/10/20 % of its size, shifted by 3 px): the
   same segmentation, J >= 0.82 and no frame below 0.5 after frame 5;
-- blackswan from the same family: the issue's goal is J >= 0.85; the weight-free backend reaches 0.35-0.38
+- blackswan from the same family: the issue's goal is J >= 0.85; the weight-free backend reaches 0.37-0.38
   (its colour models take the shaded wall and the swan's dark wake for the swan, even from the first-frame
   mask), so this file guards the level measured, not the goal;
 - frames blanked to grey mid-clip: the loss and the recovery are logged, the object is back within 10
-  frames, and it stays one product.
+  frames, and it stays one product;
+- a fast ball half hidden by a leg: found again by the search over the frame.
 """
 from __future__ import annotations
 
@@ -179,3 +180,18 @@ def test_an_object_lost_to_blank_frames_is_re_acquired_and_logged(tmp_path, car,
     assert min(per_frame[found[0]:]) >= 0.7, per_frame
     assert report["products"] == 1 and "left the stage" not in caplog.text
 
+
+
+@pytest.mark.slow
+def test_a_fast_ball_half_hidden_by_a_leg_is_found_again_over_the_frame(caplog):
+    """davis_soccerball: the ball rolls ~25 px a frame and a leg hides half of it at frame 4; the anchor lags
+    and the mask is lost. A local mean shift from the lagging anchor never found it again (J 0.07); the
+    search over the frame near where it was finds it (measured J 0.53, one product, four re-acquisitions)."""
+    folder = require_data("davis_soccerball")
+    tight = _tight_box(load_masks(folder / "masks")[0])
+    with caplog.at_level(logging.INFO, logger="turncrop.tracking"):
+        j, per_frame, report = _evaluate(folder / "frames", folder / "masks", tight)
+    found = [int(m) for m in re.findall(r"frame (\d+): object re-acquired", caplog.text)]
+    assert found and found[0] <= 10, caplog.text
+    assert j >= 0.45 and report["products"] == 1, (j, per_frame)
+    assert np.mean(per_frame[-10:]) >= 0.3, per_frame  # still held at the end, not given up
