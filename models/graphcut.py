@@ -83,9 +83,11 @@ class GraphCutOptions:
         for name in ("smoothness", "colour_weight", "colour_clip", "prior_clip", "roi_margin", "point_radius"):
             if getattr(self, name) < 0:
                 raise ValueError(f"graphcut.{name} must be >= 0, got {getattr(self, name)}")
-        if not 1 <= self.fit_iterations <= self.box_fit_iterations:
-            raise ValueError(f"graphcut: need 1 <= fit_iterations <= box_fit_iterations, got "
-                             f"{self.fit_iterations} and {self.box_fit_iterations}")
+        if self.fit_iterations < 1:
+            raise ValueError(f"graphcut.fit_iterations must be >= 1, got {self.fit_iterations}")
+        if self.box_fit_iterations < self.fit_iterations:
+            raise ValueError(f"graphcut.box_fit_iterations must be >= fit_iterations ({self.fit_iterations}), "
+                             f"got {self.box_fit_iterations}")
 
 
 @dataclass

@@ -314,7 +314,7 @@ def test_embedding_from_another_backend_is_an_error():
 @pytest.mark.parametrize(
     "kwargs",
     [{"smoothness": -1.0}, {"colour_weight": -0.1}, {"colour_clip": -1.0}, {"prior_clip": -1.0},
-     {"roi_margin": -0.1}, {"point_radius": -0.01}, {"fit_iterations": 0}],
+     {"roi_margin": -0.1}, {"point_radius": -0.01}, {"fit_iterations": 0}, {"box_fit_iterations": 3}],
 )
 def test_options_validation(kwargs):
     name = next(iter(kwargs))
