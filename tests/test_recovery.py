@@ -98,6 +98,33 @@ def test_a_collapsed_mask_is_lost_and_a_whole_one_recovers(caplog):
     assert "frame 3: object re-acquired after 2 frames" in caplog.text
 
 
+def test_a_mask_fading_keyframe_after_keyframe_comes_to_look_collapsed():
+    image = np.full((200, 200, 3), 90, np.uint8)
+    image[20:180, 20:180] = (200, 40, 40)
+    watch = ObjectWatch(RecoveryOptions())
+    watch.observe(0, image, _square(200, 20, 20, 160), keyframe=True, first=True)
+    verdicts = []
+    for i, side in enumerate(range(150, 90, -10), start=1):  # loses 10 px of its side a keyframe
+        verdicts.append(watch.observe(i, image, _square(200, 20, 20, side), keyframe=True, first=False))
+    lost = [v for v in verdicts if v.lost]
+    assert lost and "collapsed" in lost[0].reason, [v.reason for v in verdicts]
+    # Learnt at the full rate the memory would follow the fading down and never see it.
+    follower = ObjectWatch(RecoveryOptions(memory_shrink_rate=0.3))
+    follower.observe(0, image, _square(200, 20, 20, 160), keyframe=True, first=True)
+    assert all(follower.observe(i, image, _square(200, 20, 20, side), keyframe=True, first=False).healthy
+               for i, side in enumerate(range(150, 90, -10), start=1))
+
+
+def test_a_lost_object_is_looked_for_at_its_remembered_size():
+    image = np.full((300, 300, 3), 90, np.uint8)
+    image[100:200, 100:200] = (200, 40, 40)
+    watch = ObjectWatch(RecoveryOptions())
+    watch.observe(0, image, _square(300, 100, 100, 100), keyframe=True, first=True)
+    watch.anchor = np.array([140, 140, 160, 160], np.float32)  # shrunk with the failing masks
+    watch.search(image)
+    assert np.allclose(watch.anchor, [100, 100, 200, 200], atol=3), watch.anchor
+
+
 def test_a_mask_of_other_colours_is_lost():
     image = np.full((200, 200, 3), 90, np.uint8)
     image[50:150, 50:150] = (200, 40, 40)

@@ -289,7 +289,9 @@ def test_operator_clicks_correct_the_mask(tmp_path):
     (unclicked / "events.jsonl").write_text("\n".join(e for e in events if '"kind":"point"' not in e) + "\n")
     report = replay_session(unclicked, tmp_path / "out")
     without = np.mean([_j(report.mask(i), gt[i]) for i in after])
-    assert with_clicks >= 0.8 and with_clicks - without >= 0.3, (with_clicks, without)
+    # Without the clicks the recovery now holds the head when its mask collapses at frame 15 (0.54 after
+    # the click's frame, was under 0.5): the clicks' gain is measured against that better baseline.
+    assert with_clicks >= 0.8 and with_clicks - without >= 0.2, (with_clicks, without)
 
 
 def test_a_killed_live_recording_still_replays(live_session, tmp_path):

@@ -42,12 +42,15 @@ class RecoveryOptions:
     max_growth: float = 2.0  # the anchor is at most this times the memory's box size in each dimension
     box_margin: float = 0.03  # the box prompt is the anchor grown by this fraction of its size each side
     memory_rate: float = 0.3  # weight of a new healthy keyframe in the memory
+    memory_shrink_rate: float = 0.05  # ... of one whose mask is smaller than the memory's
     patience: int = 30  # frames of search before the object is given up (then it may end)
     search_reach: float = 2.0  # a lost object is looked for this many of its sizes around where it was
 
     def __post_init__(self) -> None:
         if not 0 < self.collapse < self.recovered_area <= 1 < self.explode:
             raise ValueError("recovery: need 0 < collapse < recovered_area <= 1 < explode")
+        if not 0 < self.memory_shrink_rate <= 1 or not 0 < self.memory_rate <= 1:
+            raise ValueError("recovery: memory_rate and memory_shrink_rate must be in (0, 1]")
         if self.search_reach <= 0:
             raise ValueError(f"recovery.search_reach must be > 0, got {self.search_reach}")
         if self.patience < 1:
@@ -145,13 +148,16 @@ class ObjectWatch:
         return Verdict(True, False, recovered, "recovered" if recovered else "healthy")
 
     def search(self, image: np.ndarray) -> None:
-        """While lost: move the anchor to the window of its size where the memory's colours are densest
+        """While lost: move the anchor to the window of its size (at least the remembered size) where the
+        memory's colours are densest
         (the back-projection of the memory's histogram, box-filtered), near where it was last seen: a
         Gaussian of `search_reach` object sizes around the anchor weighs the whole frame."""
         if self.anchor is None or self._memory is None:
             return
         h, w = image.shape[:2]
-        size = np.maximum(self.anchor[2:] - self.anchor[:2], 2.0)
+        # A lost object is looked for, and re-keyed on, at no less than the size it was remembered at: the
+        # anchor may have shrunk with the failing masks before the loss was seen.
+        size = np.maximum(np.maximum(self.anchor[2:] - self.anchor[:2], self._memory.size), 2.0)
         window = (int(min(size[0], w)), int(min(size[1], h)))
         density = cv2.boxFilter(_back_project(image, self._memory.histogram).astype(np.float32), -1, window)
         cx, cy = (self.anchor[:2] + self.anchor[2:]) / 2
@@ -210,7 +216,10 @@ class ObjectWatch:
     def _remember(self, image: np.ndarray, mask: np.ndarray) -> None:
         rate, memory = self.options.memory_rate, self._memory
         memory.histogram = (1 - rate) * memory.histogram + rate * _histogram(image, mask)
-        memory.area = (1 - rate) * memory.area + rate * float(mask.sum())
+        area = float(mask.sum())
+        # A mask that fades a little each keyframe must come to look collapsed, not teach its fading.
+        rate = self.options.memory_shrink_rate if area < memory.area else rate
+        memory.area = (1 - rate) * memory.area + rate * area
         core = _core_box(mask)
         memory.size = (1 - rate) * memory.size + rate * (core[2:] - core[:2])
 
