@@ -3,8 +3,8 @@
 Each set (`frames/` + `masks/`) is run through `turncrop.stream.evaluate.evaluate` (the `eval` command's own
 path, weight-free backend) from three first-frame prompts: the tight box of the first mask, that box padded
 by 20 % of its size (10 % each side, clipped to the frame), and the first mask itself (`--mask`). Prints a
-table (mean J, the worst frame's J, products found, fps per set and prompt; then the mean and the worst set
-per prompt) and writes JSON with `--out`. Usage:
+table (mean J and the worst frame's J per set and prompt; then the mean and the worst set per prompt) and
+writes JSON with `--out` (also the products found, the frames below 0.5 and fps). Usage:
 
     python benchmarks/bench_natural.py [--data ../shared/data] [--only davis_blackswan,...] [--out FILE]
 """
