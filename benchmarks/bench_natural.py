@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from turncrop.tracking.masks import mask_box
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("tight", "pad20", "mask")
 
@@ -33,8 +35,7 @@ def prompt_overrides(kind: str, mask: np.ndarray, scratch: Path) -> dict:
         path = scratch / "first_mask.png"
         cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
         return {"prompt.mask": str(path)}
-    ys, xs = np.nonzero(mask)
-    x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+    x0, y0, x1, y1 = (float(v) for v in mask_box(mask))
     if kind == "pad20":
         h, w = mask.shape
         dx, dy = 0.1 * (x1 - x0), 0.1 * (y1 - y0)

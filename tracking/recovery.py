@@ -136,9 +136,10 @@ class ObjectWatch:
         reason = self._fault(image, mask)
         if reason is not None:
             return self._lose(frame_index, reason)
-        self.anchor = self._follow(_core_box(mask))
+        core = _core_box(mask)
+        self.anchor = self._follow(core)
         if keyframe:
-            self._remember(image, mask)
+            self._remember(image, mask, core)
         recovered = self.lost_since is not None
         if recovered:
             self.recoveries += 1
@@ -149,9 +150,9 @@ class ObjectWatch:
 
     def search(self, image: np.ndarray) -> None:
         """While lost: move the anchor to the window of its size (at least the remembered size) where the
-        memory's colours are densest
-        (the back-projection of the memory's histogram, box-filtered), near where it was last seen: a
-        Gaussian of `search_reach` object sizes around the anchor weighs the whole frame."""
+        memory's colours are densest (the back-projection of the memory's histogram, box-filtered), near
+        where it was last seen: a Gaussian of `search_reach` object sizes around the anchor weighs the
+        whole frame."""
         if self.anchor is None or self._memory is None:
             return
         h, w = image.shape[:2]
@@ -213,15 +214,15 @@ class ObjectWatch:
         half = np.minimum(half, o.max_growth * self._memory.size / 2)
         return np.concatenate([centre - half, centre + half]).astype(np.float32)
 
-    def _remember(self, image: np.ndarray, mask: np.ndarray) -> None:
-        rate, memory = self.options.memory_rate, self._memory
-        memory.histogram = (1 - rate) * memory.histogram + rate * _histogram(image, mask)
+    def _remember(self, image: np.ndarray, mask: np.ndarray, core: np.ndarray) -> None:
+        """Learn a healthy keyframe's `mask` and its `core` box (`_core_box`) into the memory."""
+        o, memory = self.options, self._memory
+        memory.histogram = (1 - o.memory_rate) * memory.histogram + o.memory_rate * _histogram(image, mask)
         area = float(mask.sum())
         # A mask that fades a little each keyframe must come to look collapsed, not teach its fading.
-        rate = self.options.memory_shrink_rate if area < memory.area else rate
-        memory.area = (1 - rate) * memory.area + rate * area
-        core = _core_box(mask)
-        memory.size = (1 - rate) * memory.size + rate * (core[2:] - core[:2])
+        size_rate = o.memory_shrink_rate if area < memory.area else o.memory_rate
+        memory.area = (1 - size_rate) * memory.area + size_rate * area
+        memory.size = (1 - size_rate) * memory.size + size_rate * (core[2:] - core[:2])
 
 
 def _histogram(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
