@@ -156,6 +156,37 @@ def test_a_flat_product_darker_than_the_paper_is_found_by_its_outline(stage, rng
     assert not stage.foreground(_shot(BACKDROP * (1 - depth * soft)[..., None], rng)).any()
 
 
+def test_a_smooth_product_is_found_by_the_backdrop_texture_it_hides(rng):
+    # Black velvet: a dark backdrop with a fixed fine pile (std 25 % of its level, i.e. about 5 levels), and a
+    # smooth black product only a few levels off it, which colour alone cannot tell from the velvet.
+    velvet = 20.0 * (1 + _texture(np.random.default_rng(7), 0.25))[..., None] * np.ones(3, np.float32)
+    stage = StageModel(StageOptions(warmup_frames=8))
+    for _ in range(8):
+        stage.learn_empty(_shot(velvet, rng))
+    obj = _disc(100, 80, 30)
+    image = _shot(np.where(obj[..., None], 16.0, velvet), rng)
+    fg = stage.foreground(image)
+    # A good share of it (a correlation over a few pile grains scatters: the segmenter's colour models and
+    # smoothness fill in the rest) and nothing beside it; without the texture term none of it.
+    assert fg[_disc(100, 80, 26)].mean() > 0.15
+    assert fg[~_disc(100, 80, 34)].mean() < 0.005
+    blind = StageModel(StageOptions(warmup_frames=8, plate_texture=0.0))
+    for _ in range(8):
+        blind.learn_empty(_shot(velvet, rng))
+    assert blind.foreground(image)[_disc(100, 80, 26)].mean() < 0.02
+    # A soft shadow of the same size and darkening keeps the pile, only dimmer: it is not foreground.
+    soft = cv2.GaussianBlur(np.where(obj, 0.8, 1.0).astype(np.float32), (0, 0), 6.0)
+    assert stage.foreground(_shot(velvet * soft[..., None], rng))[obj].mean() < 0.05
+
+
+@pytest.mark.parametrize("frames", [2, 3, 8])
+def test_a_plate_learnt_from_few_frames_does_not_mistake_its_own_noise_for_texture(rng, frames):
+    # A mean of two noisy frames of a smooth sweep has high-pass energy of its own (its noise), which no later
+    # frame repeats: expecting it back would flag the whole empty stage.
+    stage = _learnt(rng, frames=frames)
+    assert stage.foreground(_shot(BACKDROP, rng)).mean() < 0.001
+
+
 def test_darkening_beyond_the_deepest_shadow_is_foreground(stage, rng):
     obj = _disc(100, 80, 25)
     fg = stage.foreground(_shot(BACKDROP * np.where(obj, 0.2, 1.0)[..., None], rng))

@@ -37,6 +37,7 @@ class StageOptions:
     shadow_cost: float = 2.0  # residual (noise std) charged for the deepest allowed shadow
     shadow_texture: float = 1.0  # residual charged per noise std of brightness-ratio texture
     shadow_edge: float = 3.0  # residual charged per noise std of brightness-ratio step beyond a penumbra's
+    plate_texture: float = 2.0  # residual charged per std of the plate's own texture missing from the frame
     penumbra_px: float = 5.0  # narrowest penumbra of a soft light's shadow (Gaussian sigma, px of the frame)
     shadow_doubt: float = 4.0  # strongest background log-odds a shadow-like pixel gets
     min_area: float = 0.002  # smallest product, as a fraction of the frame
@@ -51,7 +52,7 @@ class StageOptions:
             raise ValueError(f"stage.shadow_min must be in (0, 1), got {self.shadow_min}")
         if not 0.0 <= self.adapt_rate < 1.0:
             raise ValueError(f"stage.adapt_rate must be in [0, 1), got {self.adapt_rate}")
-        for name in ("max_shift", "registration_px", "shadow_edge"):
+        for name in ("max_shift", "registration_px", "shadow_edge", "plate_texture"):
             if getattr(self, name) < 0:
                 raise ValueError(f"stage.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("noise_floor", "penumbra_px", "threshold", "evidence_scale", "evidence_clip", "min_area",
@@ -63,6 +64,11 @@ class StageOptions:
 MIN_EMPTY_FRAMES = 2  # a noise estimate needs at least two frames
 MATTE_BAND = 2  # px each side of a mask's edge that matting may relabel
 _BACKDROP_RATIO_TOP = 1.1  # brightest ratio still the backdrop (noise, a little exposure left after the fit)
+_TEXTURE_SEEN = 0.5  # least correlation of the frame with the plate's texture expected where it is a cue
+_TEXTURE_REGION = 31  # px: the neighbourhood of which at least half must show texture for it to be a cue
+_TEXTURE_SCATTER = 0.35  # a few grains of texture in a window: its correlation scatters this much
+_GREY_NOISE = 0.15  # grey (BT.601) noise variance per unit of the three channels' summed noise variance
+_PLATE_NOISE_MARGIN = 1.5  # plate noise taken off its texture energy, with room for a 7x7 window's scatter
 _STEP_NOISE = 0.5  # excess ratio step (noise std per px) left to noise, not charged
 
 
@@ -154,6 +160,11 @@ class StageModel:
         # colour; only its outline (and any print on it) gives it away.
         step = _step(raw_ratio, bb, sigma, o.shadow_min, o.penumbra_px)
         shaded += o.shadow_edge * np.maximum(step - _STEP_NOISE, 0.0)
+        # The plate's own texture (velvet's pile, a card's grain, wood): a shadow keeps it, only dimmer; a product
+        # hides it. This is what finds a black product on black velvet, a few levels off the pile.
+        missing = o.plate_texture * _missing_texture(image.astype(np.float32), plate, sigma, ratio, self._count)
+        plain += missing
+        shaded += missing
         # Only the backdrop itself is sure background. A shadow could as well be a smooth grey product:
         # that explanation leaves a doubt, which the segmenter's colour models and edges settle.
         as_backdrop = o.evidence_scale * (plain - o.threshold)
@@ -335,6 +346,35 @@ def _step(ratio: np.ndarray, bb: np.ndarray, sigma: np.ndarray, shadow_min: floa
     beyond = cv2.dilate(np.uint8(1) - shadowish.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0
     step[beyond] = 0.0
     return step
+
+
+def _missing_texture(x: np.ndarray, plate: np.ndarray, sigma: np.ndarray, ratio: np.ndarray, frames: int,
+                     window: int = 7) -> np.ndarray:
+    """(H, W) how much of the plate's fine texture is missing from the frame, in std of a correlation.
+
+    Per `window`-sized neighbourhood: the normalised correlation of the frame's and the plate's high-pass grey
+    (scale-free, so a shadow or an exposure change, which only scale it, keep it) against what the plate's
+    texture lets one expect on the bare stage. The plate is a mean of `frames` noisy frames, so part of its
+    high-pass energy is its own noise, not texture: a smooth sweep learnt from two frames shows "texture" that
+    no later frame repeats. That part is taken off (with a margin for a 7x7 window's scatter) before expecting.
+    """
+    grey_x = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
+    grey_p = cv2.cvtColor(plate.astype(np.float32), cv2.COLOR_RGB2GRAY)
+    k = (window, window)
+    f = grey_x - cv2.blur(grey_x, k)
+    p = grey_p - cv2.blur(grey_p, k)
+    fp, ff, pp = cv2.blur(f * p, k), cv2.blur(f * f, k), cv2.blur(p * p, k)
+    ncc = fp / np.sqrt(np.maximum(ff * pp, 1e-6))
+    noise = _GREY_NOISE * sigma * sigma  # a frame's grey noise variance; sigma is over the three channels
+    texture = np.maximum(pp - _PLATE_NOISE_MARGIN * noise / frames, 0.0)
+    dimmed = texture * ratio * ratio
+    expected = np.sqrt(dimmed) * np.sqrt(texture) / np.sqrt(np.maximum((dimmed + noise) * pp, 1e-6))
+    # Where the texture is faint against the noise the correlation is mostly noise, and a few grains that stand
+    # out of a smooth sweep are no textured surface: only a textured region (velvet, a card, a platter) counts.
+    seen = (expected >= _TEXTURE_SEEN).astype(np.float32)
+    region = cv2.blur(seen, (_TEXTURE_REGION, _TEXTURE_REGION)) >= 0.5
+    expected = np.where((seen > 0) & region, expected, 0.0)
+    return expected * np.maximum(expected - ncc - _TEXTURE_SCATTER, 0.0) * window
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
