@@ -311,8 +311,7 @@ class LivePipeline:
                 self.stats.frames_in = read + self._upstream_dropped()
                 self.stats.frames_dropped = slot.dropped + self._upstream_dropped()
         except SourceError as e:
-            self.error = str(e)
-            log.error("%s", e)
+            self.error = str(e)  # the summary carries it (the manifest, the CLI's one error line)
         finally:
             slot.close()
 

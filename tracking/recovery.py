@@ -127,19 +127,20 @@ class ObjectWatch:
 
         `first`: the object's first mask (a prompt): it starts the memory and the anchor as they are.
         """
+        histogram = _histogram(image, mask) if mask.any() else None
         if first or self._memory is None:
             self.reset()
-            if mask.any():
+            if histogram is not None:
                 self.anchor = _core_box(mask)
-                self._memory = _Memory(_histogram(image, mask), float(mask.sum()), self.anchor[2:] - self.anchor[:2])
+                self._memory = _Memory(histogram, float(mask.sum()), self.anchor[2:] - self.anchor[:2])
             return Verdict(True, False, False, "first")
-        reason = self._fault(image, mask)
+        reason = self._fault(mask, histogram)
         if reason is not None:
             return self._lose(frame_index, reason)
         core = _core_box(mask)
         self.anchor = self._follow(core)
         if keyframe:
-            self._remember(image, mask, core)
+            self._remember(histogram, mask, core)
         recovered = self.lost_since is not None
         if recovered:
             self.recoveries += 1
@@ -169,8 +170,8 @@ class ObjectWatch:
         centre = np.array([x + 0.5, y + 0.5], np.float32)
         self.anchor = np.concatenate([centre - size / 2, centre + size / 2]).astype(np.float32)
 
-    def _fault(self, image: np.ndarray, mask: np.ndarray) -> str | None:
-        """Why `mask` is not the object the memory holds, or None."""
+    def _fault(self, mask: np.ndarray, histogram: np.ndarray | None) -> str | None:
+        """Why `mask` (with its colour `histogram`, None when empty) is not the object the memory holds, or None."""
         o, memory = self.options, self._memory
         area = float(mask.sum())
         if area == 0:
@@ -179,7 +180,7 @@ class ObjectWatch:
             return f"area collapsed to {area / memory.area:.2f} of memory"
         if area > o.explode * memory.area:
             return f"area exploded to {area / memory.area:.2f} of memory"
-        similarity = float(np.minimum(_histogram(image, mask), memory.histogram).sum())
+        similarity = float(np.minimum(histogram, memory.histogram).sum())
         if similarity < o.min_similarity:
             return f"colours unlike memory (histogram intersection {similarity:.2f})"
         if self.lost_since is not None and area < o.recovered_area * memory.area:
@@ -214,10 +215,10 @@ class ObjectWatch:
         half = np.minimum(half, o.max_growth * self._memory.size / 2)
         return np.concatenate([centre - half, centre + half]).astype(np.float32)
 
-    def _remember(self, image: np.ndarray, mask: np.ndarray, core: np.ndarray) -> None:
-        """Learn a healthy keyframe's `mask` and its `core` box (`_core_box`) into the memory."""
+    def _remember(self, histogram: np.ndarray, mask: np.ndarray, core: np.ndarray) -> None:
+        """Learn a healthy keyframe's `mask`, its colour `histogram` and its `core` box (`_core_box`)."""
         o, memory = self.options, self._memory
-        memory.histogram = (1 - o.memory_rate) * memory.histogram + o.memory_rate * _histogram(image, mask)
+        memory.histogram = (1 - o.memory_rate) * memory.histogram + o.memory_rate * histogram
         area = float(mask.sum())
         # A mask that fades a little each keyframe must come to look collapsed, not teach its fading.
         size_rate = o.memory_shrink_rate if area < memory.area else o.memory_rate
