@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 
 from turncrop.tracking.keyframes import (
@@ -16,6 +17,7 @@ from turncrop.tracking.keyframes import (
     KeyframeOptions,
     KeyframePolicy,
 )
+from turncrop.tracking.masks import mask_agreement, mask_iou
 
 LOGGER = "turncrop.tracking.keyframes"
 
@@ -187,3 +189,18 @@ def test_options_validation(kwargs):
 def test_options_boundaries_are_accepted():
     KeyframeOptions(max_interval=1, min_quality=0.0, min_agreement=1.0)
     KeyframeOptions(min_quality=1.0, min_agreement=0.0)
+
+
+def test_masks_a_pixel_apart_agree_whatever_the_products_size():
+    # A thin cable decoded one pixel over: plain IoU calls it a different object (0.0), so a small product
+    # was re-keyed frame after frame; a disc moved by as much agrees either way.
+    cable, moved = np.zeros((60, 80), bool), np.zeros((60, 80), bool)
+    cable[30, 10:70], moved[31, 10:70] = True, True
+    assert mask_iou(cable, moved) == 0.0 and mask_agreement(cable, moved) == 1.0
+    yy, xx = np.mgrid[0:60, 0:80]
+    disc = (yy - 30) ** 2 + (xx - 40) ** 2 <= 15 ** 2
+    assert mask_agreement(disc, np.roll(disc, 1, axis=1)) == 1.0
+    # What lies farther than a pixel from the other mask still counts against them.
+    far = np.roll(disc, 10, axis=1)
+    assert mask_iou(disc, far) < mask_agreement(disc, far) < mask_iou(disc, far) + 0.1
+    assert mask_agreement(disc, np.zeros_like(disc)) == 0.0 and mask_agreement(moved & False, cable & False) == 1.0

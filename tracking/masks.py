@@ -17,6 +17,23 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union if union else 1.0
 
 
+def mask_agreement(a: np.ndarray, b: np.ndarray, tolerance_px: int = 1) -> float:
+    """IoU of two (H, W) bool masks that forgives a pixel of either within `tolerance_px` of the other.
+
+    Two masks of one object decoded a frame apart differ by a pixel along their edges; on a thin part (a
+    cable, a stand) that is a large share of its area, so plain IoU calls a small product's masks apart
+    that a large one's would call alike. Two empty masks agree fully (1.0).
+    """
+    union = np.count_nonzero(a | b)
+    if not union:
+        return 1.0
+    kernel = np.ones((2 * tolerance_px + 1,) * 2, np.uint8)
+    near_a = cv2.dilate(a.astype(np.uint8), kernel).astype(bool)
+    near_b = cv2.dilate(b.astype(np.uint8), kernel).astype(bool)
+    apart = np.count_nonzero(a & ~near_b) + np.count_nonzero(b & ~near_a)
+    return 1.0 - apart / union
+
+
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A (H, W) bool mask resized to (H', W') `size`: its coverage interpolated bilinearly and cut at one half,
     so an upscaled edge is smooth rather than stepped. A mask already of that size is returned as it is."""

@@ -27,7 +27,7 @@ import numpy as np
 from turncrop.models.base import Embedding, MaskSet, Prompt, Segmenter
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import Decision, KeyframePolicy
-from turncrop.tracking.masks import mask_box, mask_iou
+from turncrop.tracking.masks import mask_agreement, mask_box, mask_iou
 from turncrop.tracking.propagation import FlowPropagator
 
 AGREEMENT_WEIGHT = 0.5  # how much agreement with the propagated prior counts against predicted quality
@@ -42,7 +42,7 @@ class MaskResult:
       mask: (H, W) bool.  logits: (H, W) float32, positive = object.
       score: the segmenter's predicted quality of the chosen mask, in [0, 1].
       stability: IoU of the mask thresholded at logit +1 and -1 (SAM's stability score).
-      agreement: IoU with the mask propagated from the previous frame (None on an object's first frame).
+      agreement: `mask_agreement` with the mask propagated from the previous frame (None on an object's first frame).
       keyframe / reason: whether the encoder ran for this frame, and the policy's reason.
     """
 
@@ -297,7 +297,7 @@ def choose_mask(masks: MaskSet, propagated: np.ndarray | None, decision: Decisio
     agreements = [None] * len(masks.scores)
     ranking = masks.scores.astype(np.float64).copy()
     if propagated is not None:
-        agreements = [mask_iou(m, propagated) for m in masks.masks]
+        agreements = [mask_agreement(m, propagated) for m in masks.masks]
         ranking += AGREEMENT_WEIGHT * np.asarray(agreements)
     best = int(np.argmax(ranking))
     logits = masks.logits[best]
