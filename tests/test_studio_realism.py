@@ -115,8 +115,8 @@ def test_camera_shake_costs_nothing(studio, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_turning_platter_is_stage(studio, variant):
     clean, platter = studio(variant), studio(variant, platter=True)
-    # Issue 10 asks for 0.01: the developed clip loses 0.01-0.015, the held-out one 0.04 where the dark cable
-    # lies on the dark platter.
+    # Issue 10 asks for 0.01: the developed clip loses 0.022, the held-out one 0.042 where the dark cable lies
+    # on the turning platter (its marks raise the noise estimate there: README, Known limits).
     assert platter.mean_j >= clean.mean_j - 0.05, (clean.mean_j, platter.mean_j)
     _assert_one_clean_product(platter, min_still_j=0.88)
 
