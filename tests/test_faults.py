@@ -133,8 +133,8 @@ def test_live_says_a_broken_frame_once_and_keeps_the_product_before_it(sources, 
     broken = frames / f"{short_run['ended_at'] + 1:03d}.png"
     broken.write_bytes(broken.read_bytes()[:300])
     out = tmp_path / "out"
-    done = subprocess.run(_cli("live", str(frames), "--realtime", "--speed", "0.5", "--out", str(out), "--backend", "graphcut",
-                               "--quiet"), capture_output=True, text=True, timeout=180)
+    done = subprocess.run(_cli("live", str(frames), "--realtime", "--speed", "0.5", "--out", str(out),
+                               "--backend", "graphcut", "--quiet"), capture_output=True, text=True, timeout=180)
     assert done.returncode == 1, done.stderr
     assert _products(out) == ["product-001"] and broken.name in _manifest(out)["error"]
     assert done.stderr.count(f"cannot read image {broken.name}") == 1, done.stderr  # was logged and printed

@@ -203,4 +203,5 @@ def test_masks_a_pixel_apart_agree_whatever_the_products_size():
     # What lies farther than a pixel from the other mask still counts against them.
     far = np.roll(disc, 10, axis=1)
     assert mask_iou(disc, far) < mask_agreement(disc, far) < mask_iou(disc, far) + 0.1
-    assert mask_agreement(disc, np.zeros_like(disc)) == 0.0 and mask_agreement(moved & False, cable & False) == 1.0
+    empty = np.zeros_like(disc)
+    assert mask_agreement(disc, empty) == 0.0 and mask_agreement(empty, empty) == 1.0

@@ -141,7 +141,8 @@ class StageModel:
         if image.shape != self._mean.shape:
             raise ValueError(f"frame size {image.shape[:2]} differs from the stage's {self._mean.shape[:2]}")
         plate, sigma = self._plate_for(image)
-        xb, xx, bb_raw = self._dot_products(image.astype(np.float32), plate)
+        x = image.astype(np.float32)
+        xb, xx, bb_raw = self._dot_products(x, plate)
         bb = np.maximum(bb_raw, 1.0)
         # Brightness ratio that best explains x as a scaled backdrop; only shading below 1 is a shadow.
         raw_ratio = xb / bb
@@ -162,7 +163,7 @@ class StageModel:
         shaded += o.shadow_edge * np.maximum(step - _STEP_NOISE, 0.0)
         # The plate's own texture (velvet's pile, a card's grain, wood): a shadow keeps it, only dimmer; a product
         # hides it. This is what finds a black product on black velvet, a few levels off the pile.
-        missing = o.plate_texture * _missing_texture(image.astype(np.float32), plate, sigma, ratio, self._count)
+        missing = o.plate_texture * _missing_texture(x, plate, sigma, ratio, self._count)
         plain += missing
         shaded += missing
         # Only the backdrop itself is sure background. A shadow could as well be a smooth grey product:
@@ -359,7 +360,7 @@ def _missing_texture(x: np.ndarray, plate: np.ndarray, sigma: np.ndarray, ratio:
     no later frame repeats. That part is taken off (with a margin for a 7x7 window's scatter) before expecting.
     """
     grey_x = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
-    grey_p = cv2.cvtColor(plate.astype(np.float32), cv2.COLOR_RGB2GRAY)
+    grey_p = cv2.cvtColor(plate, cv2.COLOR_RGB2GRAY)
     k = (window, window)
     f = grey_x - cv2.blur(grey_x, k)
     p = grey_p - cv2.blur(grey_p, k)
@@ -367,8 +368,8 @@ def _missing_texture(x: np.ndarray, plate: np.ndarray, sigma: np.ndarray, ratio:
     ncc = fp / np.sqrt(np.maximum(ff * pp, 1e-6))
     noise = _GREY_NOISE * sigma * sigma  # a frame's grey noise variance; sigma is over the three channels
     texture = np.maximum(pp - _PLATE_NOISE_MARGIN * noise / frames, 0.0)
-    dimmed = texture * ratio * ratio
-    expected = np.sqrt(dimmed) * np.sqrt(texture) / np.sqrt(np.maximum((dimmed + noise) * pp, 1e-6))
+    # corr(r t + noise, t + plate noise) = r T / sqrt((r^2 T + noise) pp), T the texture's variance
+    expected = ratio * texture / np.sqrt(np.maximum((ratio * ratio * texture + noise) * pp, 1e-6))
     # Where the texture is faint against the noise the correlation is mostly noise, and a few grains that stand
     # out of a smooth sweep are no textured surface: only a textured region (velvet, a card, a platter) counts.
     seen = (expected >= _TEXTURE_SEEN).astype(np.float32)
