@@ -25,7 +25,8 @@ views that touch the render's border are skipped so that the product is whole in
 shadow is a soft darkening under its own silhouette (a cheap stand-in for `make_turntable.py`'s ray-marched
 one). Outputs in --out: video.mp4 (H.264), gt/NNNNN.png (255 where the product's alpha >= 128 and no hand
 covers it) and clip.json (per frame: whether the product and the arm are in it, and whether the product is
-alone on the stage). Bit-exact for a given set of arguments (and libx264 build): the encoder runs on one thread.
+alone on the stage). Bit-exact for a given set of arguments (and libx264 build), whatever the machine's load
+(`H264Writer.bit_exact`).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_turntable as mt  # noqa: E402  (the sibling generator: renders, backdrop, noise, H.264)
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"  # 1.1: bit-exact H.264 (no macroblock tree)
 BACKDROPS = {  # mean level (0..1) and RGB tint of the paper
     "sweep": (0.86, (1.0, 1.0, 1.0)),
     "white": (0.95, (1.0, 1.0, 1.0)),
@@ -365,7 +366,7 @@ def render_clip(data: Path, scene: Scene, out: Path) -> dict:
     clip = StudioClip(data, scene)
     shutil.rmtree(out / "gt", ignore_errors=True)
     (out / "gt").mkdir(parents=True)
-    writer = mt.H264Writer(out / "video.mp4", scene.width, scene.height, scene.fps, scene.crf, threads=1)
+    writer = mt.H264Writer(out / "video.mp4", scene.width, scene.height, scene.fps, scene.crf, bit_exact=True)
     records = []
     for i, shot in enumerate(clip.shots()):
         writer.write(shot.image)

@@ -365,13 +365,17 @@ def sensor_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class H264Writer:
     """Writes RGB frames as H.264 (libx264, yuv420p, BT.709 limited range) in an mp4."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int, threads: int | None = None) -> None:
-        """`threads=1` makes the output bit-exact from run to run (libx264's threads decide differently under load)."""
+    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int, bit_exact: bool = False) -> None:
+        """`bit_exact` makes the output the same from run to run, whatever the machine's load: libx264 on one thread
+        and without its macroblock tree, whose rate control read differently from run to run under load even on one
+        thread (measured: three encodes of the same frames, three files)."""
         self.container = av.open(str(path), "w", options={"movflags": "faststart"})
         options = {"crf": str(crf), "preset": "slow", "g": str(2 * fps)}
+        if bit_exact:
+            options["x264-params"] = "mbtree=0"
         self.stream = self.container.add_stream("libx264", rate=fps, options=options)
-        if threads is not None:
-            self.stream.codec_context.thread_count = threads
+        if bit_exact:
+            self.stream.codec_context.thread_count = 1
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         ctx = self.stream.codec_context
         ctx.colorspace = ctx.color_primaries = ctx.color_trc = 1  # BT.709, tagged so players agree
