@@ -115,9 +115,9 @@ def test_camera_shake_costs_nothing(studio, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_turning_platter_is_stage(studio, variant):
     clean, platter = studio(variant), studio(variant, platter=True)
-    # Issue 10 asks for 0.01: the developed clip loses 0.022, the held-out one 0.042 where the dark cable lies
-    # on the turning platter (its marks raise the noise estimate there: README, Known limits).
-    assert platter.mean_j >= clean.mean_j - 0.05, (clean.mean_j, platter.mean_j)
+    # Issue 10 asks for 0.01: the developed clip loses 0.006, the held-out one 0.029 where its small, dark
+    # cable lies on the platter's turning marks (README, Known limits).
+    assert platter.mean_j >= clean.mean_j - 0.035, (clean.mean_j, platter.mean_j)
     _assert_one_clean_product(platter, min_still_j=0.88)
 
 
@@ -126,16 +126,16 @@ def test_the_operators_arm_is_not_the_product(studio, variant):
     clean, o = studio(variant), studio(variant, arm=True)
     # One product, nothing on the frames where only the arm is in view, a still from a frame without it.
     _assert_one_clean_product(o, min_still_j=0.94)
-    assert o.mean_j >= clean.mean_j - 0.02, (clean.mean_j, o.mean_j)  # issue 10: 0.01 (0.015 / 0.00 today)
+    assert o.mean_j >= clean.mean_j - 0.02, (clean.mean_j, o.mean_j)  # issue 10: 0.01 (0.019 / 0.010 today)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_realistic_session(studio, variant):
     o = studio(variant, arm=True, platter=True, exposure=0.12 if variant == "developed" else 0.15, shake=1.5)
-    # Issue 10 asks for 0.95 and a still at 0.97: measured 0.942 / 0.964 developed, 0.891 / 0.933 held out.
-    _assert_one_clean_product(o, min_still_j=0.92)
-    assert o.mean_j >= 0.89, o.mean_j
-    assert o.encoder_calls_per_frame <= 0.2, o.encoder_calls_per_frame  # 0.174 / 0.116
+    # Issue 10 asks for 0.95 and a still at 0.97: measured 0.950 / 0.981 developed, 0.907 / 0.941 held out.
+    _assert_one_clean_product(o, min_still_j=0.93)
+    assert o.mean_j >= 0.90, o.mean_j
+    assert o.encoder_calls_per_frame <= 0.2, o.encoder_calls_per_frame  # 0.174 / 0.159
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -155,11 +155,11 @@ def test_white_product_on_a_white_sweep(studio):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_black_product_on_black_velvet_is_found_by_the_pile_it_hides(studio, variant):
     # A few levels off the velvet in colour; its pile is what the product hides (and its shadow keeps). The wide
-    # body is found, the thin stand and cable hide too little pile (README, Known limits): 0.66 / 0.62 today,
+    # body is found, the thin stand and cable hide too little pile (README, Known limits): 0.69 / 0.68 today,
     # 0.36 / 0.34 (and two products held out) by colour and edges alone.
     o = studio(variant, product="black", backdrop="black")
     assert len(o.products) == 1 and o.false_alarm_frames == [], (o.products, o.false_alarm_frames)
-    assert o.still_frame is not None and o.mean_j >= 0.58, (o.still_frame, o.mean_j)
+    assert o.still_frame is not None and o.mean_j >= 0.65, (o.still_frame, o.mean_j)
 
 
 @pytest.mark.xfail(strict=True, reason="known limit: a black product on black velvet (README, Known limits)")

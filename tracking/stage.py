@@ -12,7 +12,10 @@ the paper like a shadow, but its outline is sharp where a soft light's penumbra 
 
 A real rig also shakes and re-exposes: every frame is compared with the plate as `tracking/plate.py` fits it
 to that frame (shifted, and rescaled by a per-channel gain), and where the plate has edges (a platter's
-rim, a seam) the residual a sub-pixel misregistration leaves is part of the noise.
+rim, a seam) the residual a sub-pixel misregistration leaves is part of the noise. Where the stage itself moves
+while it is empty (a turntable's platter, its marks and seam turning), one mean and a wide noise would hide a
+dark cable lying there: those pixels keep every empty frame seen and are compared with the nearest of them,
+at the sensor's noise (a sample-based background model, as ViBe's; Barnich & Van Droogenbroeck, 2011).
 """
 from __future__ import annotations
 
@@ -70,6 +73,8 @@ _TEXTURE_SCATTER = 0.35  # a few grains of texture in a window: its correlation 
 _GREY_NOISE = 0.15  # grey (BT.601) noise variance per unit of the three channels' summed noise variance
 _PLATE_NOISE_MARGIN = 1.5  # plate noise taken off its texture energy, with room for a 7x7 window's scatter
 _STEP_NOISE = 0.5  # excess ratio step (noise std per px) left to noise, not charged
+_MOVING_VARIANCE = 3.0  # empty-stage variance over the sensor's that marks the stage as moving there
+_MIN_SAMPLES = 4  # empty frames kept before moving stage is compared with the nearest of them
 
 
 class StageModel:
@@ -88,6 +93,9 @@ class StageModel:
         self._sealed = False
         self._outliers: np.ndarray | None = None  # (H, W) bool, the last frame's foreground, grown
         self._fits: list[tuple[np.ndarray, PlateFit]] = []  # the fits of the last frames seen (kept alive)
+        self._empties: list[np.ndarray] = []  # the registered empty frames, (H, W, 3) uint8
+        self._moving: np.ndarray | None = None  # (H, W) bool: stage that moved while empty (`_noise`)
+        self._shaken = False  # whether the camera was ever seen moved against the plate
 
     @property
     def ready(self) -> bool:
@@ -110,9 +118,10 @@ class StageModel:
         """Add a frame known to show the empty stage."""
         x = image.astype(np.float32)
         if self._mean is None or self._mean.shape != x.shape:
-            self._count, self._mean, self._m2 = 0, np.zeros_like(x), np.zeros_like(x)
+            self._count, self._mean, self._m2, self._empties = 0, np.zeros_like(x), np.zeros_like(x), []
         elif self._count >= MIN_EMPTY_FRAMES:
             x = self._to_plate(x, self._fit(image))  # learn the stage, not the camera's shake and exposure
+        self._empties.append(np.clip(np.round(x), 0, 255).astype(np.uint8))
         self._count += 1
         delta = x - self._mean
         self._mean += delta / self._count
@@ -184,6 +193,7 @@ class StageModel:
         outliers = self._outliers if self._outliers is not None and self._outliers.shape == image.shape[:2] else None
         fit = fit_plate(image, self._mean, outliers, max_shift=self.options.max_shift, initial=previous)
         self._fits = [*self._fits[-1:], (image, fit)]
+        self._shaken |= fit.moved
         return fit
 
     def _to_plate(self, x: np.ndarray, fit: PlateFit) -> np.ndarray:
@@ -197,11 +207,25 @@ class StageModel:
         plus what the registration's remaining error leaves on the plate's edges."""
         fit = self._fit(image)
         sigma = self._noise()
-        edges = self._edges
+        edges, plate = self._edges, self._mean
+        if self._moving is not None:
+            plate = self._nearest_empty(image, fit)
         if fit.moved:
             sigma, edges = PlateFit(shift=fit.shift).apply(np.dstack([sigma, edges])).transpose(2, 0, 1)
-        sigma = np.sqrt(sigma * sigma + (self.options.registration_px * edges) ** 2)
-        return np.minimum(fit.apply(self._mean), 255.0), sigma
+        if self._shaken:  # a rigid camera's plate needs no allowance for misregistration
+            sigma = np.sqrt(sigma * sigma + (self.options.registration_px * edges) ** 2)
+        return np.minimum(fit.apply(plate), 255.0), sigma
+
+    def _nearest_empty(self, image: np.ndarray, fit: PlateFit) -> np.ndarray:
+        """The plate (H, W, 3) float32, in plate coordinates, with each moving pixel replaced by the empty frame
+        that looked most like `image` there."""
+        ys, xs = np.nonzero(self._moving)
+        x = self._to_plate(image.astype(np.float32), fit)[ys, xs]
+        samples = np.stack([e[ys, xs] for e in self._empties]).astype(np.float32)  # (K, N, 3)
+        nearest = ((samples - x) ** 2).sum(-1).argmin(0)
+        plate = self._mean.copy()
+        plate[ys, xs] = samples[nearest, np.arange(len(ys))]
+        return plate
 
     def _dot_products(self, x: np.ndarray, plate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per pixel x.b, x.x and b.b of the (H, W, 3) float32 image `x` and the backdrop b, each (H, W).
@@ -305,16 +329,27 @@ class StageModel:
         model._count, model._sealed = self._count, self._sealed
         model._mean = cv2.resize(self._mean, (w, h), interpolation=cv2.INTER_LINEAR)
         model._m2 = cv2.resize(self._m2, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(area_ratio)
+        model._empties = [cv2.resize(e, (w, h), interpolation=cv2.INTER_AREA) for e in self._empties]
         return model
 
     def _noise(self) -> np.ndarray:
         if self._sigma is None:
             var = self._m2.sum(-1) / max(self._count - 1, 1)
             # Few frames give a noisy variance: pool it over a neighbourhood, never below the floor.
-            sigma = np.sqrt(cv2.blur(var, (15, 15)))
+            var = cv2.blur(var, (15, 15))
+            self._moving = None
+            if self.ready and len(self._empties) >= _MIN_SAMPLES:
+                sensor = float(np.median(var))
+                moving = var > _MOVING_VARIANCE * max(sensor, self.options.noise_floor**2)
+                if moving.any():
+                    # Compared with one empty frame, not a mean: twice the sensor's noise variance.
+                    self._moving, var = moving, np.where(moving, 2.0 * sensor, var)
+            sigma = np.sqrt(var)
             self._sigma = np.maximum(sigma, self.options.noise_floor).astype(np.float32)
             gx, gy = cv2.Sobel(self._mean, cv2.CV_32F, 1, 0) / 8, cv2.Sobel(self._mean, cv2.CV_32F, 0, 1) / 8
             self._edges = np.sqrt((gx * gx + gy * gy).sum(-1)).astype(np.float32)
+            if self._moving is not None:  # the mean's edges there are a blur of what moved, not the plate's
+                self._edges[self._moving] = 0.0
         return self._sigma
 
 
