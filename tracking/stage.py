@@ -96,6 +96,7 @@ class StageModel:
         self._empties: list[np.ndarray] = []  # the registered empty frames, (H, W, 3) uint8
         self._moving: np.ndarray | None = None  # (H, W) bool: stage that moved while empty (`_noise`)
         self._shaken = False  # whether the camera was ever seen moved against the plate
+        self._seen: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the last frame's (image, plate, sigma)
 
     @property
     def ready(self) -> bool:
@@ -126,7 +127,7 @@ class StageModel:
         delta = x - self._mean
         self._mean += delta / self._count
         self._m2 += delta * (x - self._mean)
-        self._sigma = self._edges = None
+        self._sigma = self._edges = self._seen = None
 
     def adapt(self, image: np.ndarray) -> None:
         """Follow slow lighting drift with a frame known to show the empty stage.
@@ -137,7 +138,7 @@ class StageModel:
             return
         x = self._to_plate(image.astype(np.float32), self._fit(image))
         self._mean += self.options.adapt_rate * (x - self._mean)
-        self._outliers = None
+        self._outliers = self._seen = None
 
     def log_odds(self, image: np.ndarray) -> np.ndarray:
         """(H, W) float32 log-odds that each pixel is not backdrop (positive = product)."""
@@ -204,7 +205,10 @@ class StageModel:
 
     def _plate_for(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The plate as this frame sees it, (H, W, 3) float32, and its noise std (H, W) float32: the sensor's,
-        plus what the registration's remaining error leaves on the plate's edges."""
+        plus what the registration's remaining error leaves on the plate's edges. Computed once per frame (its
+        log-odds and its matte both ask)."""
+        if self._seen is not None and self._seen[0] is image:
+            return self._seen[1], self._seen[2]
         fit = self._fit(image)
         sigma = self._noise()
         edges, plate = self._edges, self._mean
@@ -214,7 +218,9 @@ class StageModel:
             sigma, edges = PlateFit(shift=fit.shift).apply(np.dstack([sigma, edges])).transpose(2, 0, 1)
         if self._shaken:  # a rigid camera's plate needs no allowance for misregistration
             sigma = np.sqrt(sigma * sigma + (self.options.registration_px * edges) ** 2)
-        return np.minimum(fit.apply(plate), 255.0), sigma
+        plate = np.minimum(fit.apply(plate), 255.0)
+        self._seen = (image, plate, sigma)
+        return plate, sigma
 
     def _nearest_empty(self, image: np.ndarray, fit: PlateFit) -> np.ndarray:
         """The plate (H, W, 3) float32, in plate coordinates, with each moving pixel replaced by the empty frame
