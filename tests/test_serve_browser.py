@@ -93,8 +93,10 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
     loopback_ice(monkeypatch)
     shots = turntable_frames()
     # The empty stage for 6 s (the session's pipeline starts meanwhile and learns it), then the product
-    # turning for ~13 s. The fake camera starts the file when the page opens it and loops it.
-    clip = [shots[i] for i in EMPTY_FRAMES] * 18 + [shots[i] for i in PRODUCT_FRAMES] * 8
+    # turning for ~27 s. The fake camera starts the file when the page opens it and loops it: the scenario
+    # needs ~13 s of the product here, and a loop back to the empty stage would end product-002 and start
+    # others (seen once in CI on a slower machine, with 13 s of product), so the product phase is twice that.
+    clip = [shots[i] for i in EMPTY_FRAMES] * 18 + [shots[i] for i in PRODUCT_FRAMES] * 16
     y4m = write_y4m(tmp_path / "camera.y4m", clip)
     # Chromium's singleton socket lives in TMPDIR and its path must stay short (< 108 bytes): not in tmp_path.
     scratch = Path(tempfile.mkdtemp(prefix="tc-"))
@@ -217,7 +219,7 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
         seen = asyncio.run(scenario())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        y4m.unlink()  # ~70 MB
+        y4m.unlink()  # ~115 MB
     assert seen["errors"] == []
     # The session's pipeline was up while the stage was still empty (it learns the stage from those frames).
     assert seen["first_stats"]["product_id"] is None, seen["first_stats"]
@@ -247,8 +249,10 @@ def test_chromium_camera_preview_prompts_and_gallery(tmp_path, monkeypatch, requ
     assert by_kind["point"]["labels"] == [0] and np.allclose(by_kind["point"]["points"], [[5, 5]], atol=2)
     assert np.allclose(by_kind["box"]["box"], [40, 30, 280, 220], atol=2)
     # Closing the page finished the second product too.
+    assert seen["frames_in"] < len(clip), "the fake camera looped: the scenario outlasted its clip"
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert [p["product_id"] for p in manifest["products"]] == ["product-001", "product-002"]
+    lives = [e for e in seen["events"] if e["type"] in ("product_started", "product_ended")]
+    assert [p["product_id"] for p in manifest["products"]] == ["product-001", "product-002"], lives
 
 
 def _nominated_addresses(session) -> tuple[str, str]:
