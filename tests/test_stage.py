@@ -144,16 +144,28 @@ def test_textured_grey_object_is_found_though_a_soft_shadow_of_same_depth_is_not
 @pytest.mark.parametrize("depth", [0.12, 0.4])
 def test_a_flat_product_darker_than_the_paper_is_found_by_its_outline(stage, rng, depth):
     # A near-white product on white paper: in colour a uniform darkening, i.e. a shadow. Its outline is a
-    # step (a product's edge) where a shadow fades over several pixels, so the outline is product ...
+    # step (a product's edge) where a shadow fades over several pixels, so the outline is product, and so is
+    # the shadow-like body it rings ...
     obj = _antialiased(100, 80, 30)
     image = _shot(BACKDROP * (1 - depth * obj)[..., None], rng)
     fg = stage.foreground(image)
     rim = _disc(100, 80, 31) & ~_disc(100, 80, 27)
-    assert fg[rim].mean() > 0.6
+    assert fg[rim].mean() > 0.6 and fg[_disc(100, 80, 27)].mean() > 0.99
     assert not fg[~_disc(100, 80, 33)].any()
     # ... and a soft shadow of the same depth and size is not.
     soft = cv2.GaussianBlur(obj, (0, 0), 5.0)
     assert not stage.foreground(_shot(BACKDROP * (1 - depth * soft)[..., None], rng)).any()
+
+
+def test_a_shadow_inside_a_dark_cable_loop_is_not_product(stage, rng):
+    # A cable lying in a loop casts a soft shadow inside it: the shadow is ringed by product, but by a dark one
+    # beside which no step of a shadow is counted (`stage_cues.step_excess`), not by a faint outline.
+    loop = _antialiased(100, 80, 30, r_in=27)
+    shade = 1 - 0.35 * cv2.GaussianBlur(_disc(100, 80, 29).astype(np.float32), (0, 0), 5.0)
+    image = _shot((BACKDROP * shade[..., None]) * (1 - loop[..., None]) + 50.0 * loop[..., None], rng)
+    fg = stage.foreground(image)
+    assert fg[loop > 0.5].mean() > 0.9
+    assert fg[_disc(100, 80, 24)].mean() < 0.01
 
 
 def test_a_smooth_product_is_found_by_the_backdrop_texture_it_hides(rng):

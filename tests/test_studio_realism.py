@@ -140,11 +140,11 @@ def test_realistic_session(studio, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_white_product_on_a_white_sweep_is_found_by_its_outline(studio, variant):
-    # In colour it is a shadow; the stage finds it by its outline, and the graph cut fills thin parts (stand,
-    # cable) but not the wide flat body whose top is as bright as the paper (README, Known limits).
+    # In colour it is a shadow; the stage finds it by its outline, and the shadow-like body that outline rings
+    # (`stage_cues.enclosed_doubt`): 0.861 / 0.859 today, 0.47 / 0.64 by the outline alone.
     o = studio(variant, product="white", backdrop="white")
     assert len(o.products) == 1 and o.false_alarm_frames == [], (o.products, o.false_alarm_frames)
-    assert o.still_frame is not None and o.mean_j >= 0.45, (o.still_frame, o.mean_j)
+    assert o.still_frame is not None and o.mean_j >= 0.82, (o.still_frame, o.mean_j)
 
 
 @pytest.mark.xfail(strict=True, reason="known limit: a near-white product on a white sweep (README, Known limits)")

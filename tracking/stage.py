@@ -8,7 +8,8 @@ changing its hue (Horprasert et al., 1999: brightness vs. chromaticity distortio
 grey sweep darkens the backdrop just like a shadow does; what tells them apart is texture: a soft shadow
 scales the backdrop smoothly, a product's surface does not. So the shadow explanation is only granted
 where the brightness ratio is locally smooth, and not on a step: a near-white product on a white sweep darkens
-the paper like a shadow, but its outline is sharp where a soft light's penumbra is not.
+the paper like a shadow, but its outline is sharp where a soft light's penumbra is not, and what that outline
+rings is its body (`stage_cues.enclosed_doubt`).
 
 A real rig also shakes and re-exposes: every frame is compared with the plate as `tracking/plate.py` fits it
 to that frame (shifted, and rescaled by a per-channel gain), and where the plate has edges (a platter's
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 
 from turncrop.tracking.plate import PlateFit, fit_plate
+from turncrop.tracking.stage_cues import enclosed_doubt, missing_texture, ratio_detail, step_excess
 
 
 @dataclass(frozen=True)
@@ -66,15 +68,10 @@ class StageOptions:
 
 MIN_EMPTY_FRAMES = 2  # a noise estimate needs at least two frames
 MATTE_BAND = 2  # px each side of a mask's edge that matting may relabel
-_BACKDROP_RATIO_TOP = 1.1  # brightest ratio still the backdrop (noise, a little exposure left after the fit)
-_TEXTURE_SEEN = 0.5  # least correlation of the frame with the plate's texture expected where it is a cue
-_TEXTURE_REGION = 31  # px: the neighbourhood of which at least half must show texture for it to be a cue
-_TEXTURE_SCATTER = 0.35  # a few grains of texture in a window: its correlation scatters this much
-_GREY_NOISE = 0.15  # grey (BT.601) noise variance per unit of the three channels' summed noise variance
-_PLATE_NOISE_MARGIN = 1.5  # plate noise taken off its texture energy, with room for a 7x7 window's scatter
 _STEP_NOISE = 0.5  # excess ratio step (noise std per px) left to noise, not charged
 _MOVING_VARIANCE = 3.0  # empty-stage variance over the sensor's that marks the stage as moving there
 _MIN_SAMPLES = 4  # empty frames kept before moving stage is compared with the nearest of them
+_ENCLOSED_EVIDENCE = 2.0  # log-odds of a shadow-like region a step outline rings: likely product, not sure
 
 
 class StageModel:
@@ -165,15 +162,16 @@ class StageModel:
         # explanation the ratio is clipped to the shadow range so a dark cable lying in its own contact shadow
         # does not count as detail of the shadow. A sharp contact-shadow edge still has some: that is why it
         # is charged at one noise std per std of detail and no more.
-        shaded += o.shadow_cost * (1.0 - ratio) / (1.0 - o.shadow_min) + o.shadow_texture * _detail(ratio, bb, sigma)
+        shaded += o.shadow_cost * (1.0 - ratio) / (1.0 - o.shadow_min)
+        shaded += o.shadow_texture * ratio_detail(ratio, bb, sigma)
         # Edges: a soft light's shadow fades into the backdrop over many pixels, a product's silhouette is a
         # step. A near-white product on a white sweep is exactly a uniform darkening of the paper, a shadow in
         # colour; only its outline (and any print on it) gives it away.
-        step = _step(raw_ratio, bb, sigma, o.shadow_min, o.penumbra_px)
+        step = step_excess(raw_ratio, bb, sigma, o.shadow_min, o.penumbra_px)
         shaded += o.shadow_edge * np.maximum(step - _STEP_NOISE, 0.0)
         # The plate's own texture (velvet's pile, a card's grain, wood): a shadow keeps it, only dimmer; a product
         # hides it. This is what finds a black product on black velvet, a few levels off the pile.
-        missing = o.plate_texture * _missing_texture(x, plate, sigma, ratio, self._count)
+        missing = o.plate_texture * missing_texture(x, plate, sigma, ratio, self._count)
         plain += missing
         shaded += missing
         # Only the backdrop itself is sure background. A shadow could as well be a smooth grey product:
@@ -181,6 +179,10 @@ class StageModel:
         as_backdrop = o.evidence_scale * (plain - o.threshold)
         as_shadow = np.maximum(o.evidence_scale * (shaded - o.threshold), -o.shadow_doubt)
         evidence = np.clip(np.minimum(as_backdrop, as_shadow), -o.evidence_clip, o.evidence_clip).astype(np.float32)
+        # A region that is only shadow-like, ringed mostly by a step outline, is a faint body (a white product on
+        # a white sweep shades the paper like a shadow). A cast shadow fades into the bare backdrop around most
+        # of it, or is hemmed in by darker parts (a cable, a tripod's legs), beside which no step is counted.
+        evidence[enclosed_doubt(evidence, step > _STEP_NOISE, o.shadow_doubt)] = _ENCLOSED_EVIDENCE
         grown = cv2.dilate((evidence > 0).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3)
         self._outliers = grown.astype(bool)
         return evidence
@@ -357,66 +359,6 @@ class StageModel:
             if self._moving is not None:  # the mean's edges there are a blur of what moved, not the plate's
                 self._edges[self._moving] = 0.0
         return self._sigma
-
-
-def _detail(ratio: np.ndarray, bb: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """(H, W) local high-pass energy of a brightness ratio, in noise std of the backdrop at each pixel."""
-    detail = ratio - cv2.GaussianBlur(ratio, (0, 0), 1.0)
-    return np.sqrt(cv2.blur(detail * detail, (3, 3))) * np.sqrt(bb) / sigma
-
-
-def _step(ratio: np.ndarray, bb: np.ndarray, sigma: np.ndarray, shadow_min: float, penumbra_px: float) -> np.ndarray:
-    """(H, W) how much sharper than a soft shadow's edge the brightness ratio steps here, in noise std of the
-    backdrop per px, spread over 5x5 so a silhouette is a band that survives the foreground's speckle opening.
-
-    A shadow edge blurred over `penumbra_px` (a Gaussian's sigma) climbs at most 1 / (2.5 penumbra_px) of its
-    depth per pixel, whatever the depth; a product's outline, blurred by the lens alone, several times that.
-    The ratio is smoothed by normalised convolution over pixels in the shadow range only: a dark cable lying in
-    its own contact shadow is not a step of that shadow (the cable is product on its own evidence).
-    """
-    shadowish = ((ratio >= shadow_min) & (ratio <= _BACKDROP_RATIO_TOP)).astype(np.float32)
-    weight = cv2.GaussianBlur(shadowish, (0, 0), 1.0)
-    smooth = cv2.GaussianBlur(ratio * shadowish, (0, 0), 1.0) / np.maximum(weight, 1e-3)
-    gx, gy = cv2.Sobel(smooth, cv2.CV_32F, 1, 0) / 8, cv2.Sobel(smooth, cv2.CV_32F, 0, 1) / 8
-    # At a step's midpoint the ratio is half its depth below 1: a penumbra's slope there is 2 / (2.5 sigma).
-    allowed = (0.8 / penumbra_px) * np.abs(1.0 - smooth)
-    excess = np.maximum(np.sqrt(gx * gx + gy * gy) - allowed, 0.0)
-    step = cv2.dilate(excess * np.sqrt(bb) / sigma, np.ones((5, 5), np.uint8))
-    # Beside anything darker or brighter than a shadow can be (a dark cable), the step is that object's own
-    # anti-aliased edge, not the shadow's: the shadow it casts right there keeps its explanation. 11 px: the
-    # smoothing, the Sobel and the spread above carry an edge's response 5 px away.
-    beyond = cv2.dilate(np.uint8(1) - shadowish.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0
-    step[beyond] = 0.0
-    return step
-
-
-def _missing_texture(x: np.ndarray, plate: np.ndarray, sigma: np.ndarray, ratio: np.ndarray, frames: int,
-                     window: int = 7) -> np.ndarray:
-    """(H, W) how much of the plate's fine texture is missing from the frame, in std of a correlation.
-
-    Per `window`-sized neighbourhood: the normalised correlation of the frame's and the plate's high-pass grey
-    (scale-free, so a shadow or an exposure change, which only scale it, keep it) against what the plate's
-    texture lets one expect on the bare stage. The plate is a mean of `frames` noisy frames, so part of its
-    high-pass energy is its own noise, not texture: a smooth sweep learnt from two frames shows "texture" that
-    no later frame repeats. That part is taken off (with a margin for a 7x7 window's scatter) before expecting.
-    """
-    grey_x = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
-    grey_p = cv2.cvtColor(plate, cv2.COLOR_RGB2GRAY)
-    k = (window, window)
-    f = grey_x - cv2.blur(grey_x, k)
-    p = grey_p - cv2.blur(grey_p, k)
-    fp, ff, pp = cv2.blur(f * p, k), cv2.blur(f * f, k), cv2.blur(p * p, k)
-    ncc = fp / np.sqrt(np.maximum(ff * pp, 1e-6))
-    noise = _GREY_NOISE * sigma * sigma  # a frame's grey noise variance; sigma is over the three channels
-    texture = np.maximum(pp - _PLATE_NOISE_MARGIN * noise / frames, 0.0)
-    # corr(r t + noise, t + plate noise) = r T / sqrt((r^2 T + noise) pp), T the texture's variance
-    expected = ratio * texture / np.sqrt(np.maximum((ratio * ratio * texture + noise) * pp, 1e-6))
-    # Where the texture is faint against the noise the correlation is mostly noise, and a few grains that stand
-    # out of a smooth sweep are no textured surface: only a textured region (velvet, a card, a platter) counts.
-    seen = (expected >= _TEXTURE_SEEN).astype(np.float32)
-    region = cv2.blur(seen, (_TEXTURE_REGION, _TEXTURE_REGION)) >= 0.5
-    expected = np.where((seen > 0) & region, expected, 0.0)
-    return expected * np.maximum(expected - ncc - _TEXTURE_SCATTER, 0.0) * window
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
