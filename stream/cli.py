@@ -302,17 +302,19 @@ def _run(args: argparse.Namespace, config) -> int:
     total = {"products": 0, "keyframes": 0}
     bar: tqdm | None = None
 
-    def on_frame(result) -> None:
+    def on_open(source) -> None:  # not before: a bad source prints only its error
         nonlocal bar
-        if bar is None:  # opened on the first frame, so that a bad source prints only its error
-            bar = tqdm(unit="frame", disable=args.no_progress, desc="turncrop")
+        # A known frame count gives the bar its total and an ETA; a camera or a stream has none.
+        bar = tqdm(total=source.frame_count, unit="frame", disable=args.no_progress, desc="turncrop")
+
+    def on_frame(result) -> None:
         total["keyframes"] += int(result.keyframe)
         total["products"] += sum(isinstance(e, ProductEnded) and not e.transient for e in result.events)
         bar.set_postfix(total, refresh=False)
         bar.update(1)
 
     try:
-        summary = run(args.source, args.out, config, on_frame=on_frame, handle_signals=True)
+        summary = run(args.source, args.out, config, on_frame=on_frame, handle_signals=True, on_open=on_open)
     finally:
         if bar is not None:
             bar.close()

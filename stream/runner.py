@@ -191,10 +191,11 @@ def _prompt_not_reached(source: FrameSource, pipeline: ProductPipeline, last: Fr
 
 def run(source_path: str | Path, out_dir: str | Path, config: Config, *,
         on_frame: Callable[[FrameResult], None] | None = None, segmenter: Segmenter | None = None,
-        handle_signals: bool = False) -> RunSummary:
+        handle_signals: bool = False, on_open: Callable[[FrameSource], None] | None = None) -> RunSummary:
     """Process a recording end to end: segment, pick stills, export them and the manifest.
 
     `segmenter`: use this one instead of building it from `config` (batch: encodes on a Ray actor).
+    `on_open`: called with the source once it opened (its frame count sizes a progress bar).
     `handle_signals`: SIGINT and SIGTERM stop the run as the source's end would (the product on stage is
     exported, the manifest says `"interrupted": true`) instead of raising; main thread only.
     The output folder is claimed as `claim_output` says (a previous output is replaced whole).
@@ -205,6 +206,8 @@ def run(source_path: str | Path, out_dir: str | Path, config: Config, *,
     """
     with open_source(source_path) as source:
         pipeline = build_pipeline(config, segmenter, frame_rate=source.fps or 30.0, source=source)
+        if on_open is not None:
+            on_open(source)
         with _stop_on_signals(handle_signals) as stop, claim_output(Path(out_dir), source_path) as folder:
             sink = ProductSink(folder, config, source, pipeline, source_name=str(source_path))
             try:

@@ -34,6 +34,13 @@ def test_run_exports_one_product_and_a_manifest(tiny_session, tmp_path, capsys):
     assert manifest["backend"] == "graphcut" and manifest["encoder_calls"] >= 1
 
 
+def test_run_shows_progress_against_the_sources_frame_count(tiny_session, tmp_path, capsys):
+    frames = len(list(tiny_session.glob("*.png")))
+    assert main(["run", str(tiny_session), "--out", str(tmp_path / "out"), "--backend", "graphcut"]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert f"{frames}/{frames}" in bar and "100%" in bar, bar  # a total, so tqdm shows the share done and an ETA
+
+
 @pytest.mark.parametrize("argv, message", [
     (["run", "/no/such/video.mp4"], "no such file"),
     (["run", __file__], "not a readable video"),
