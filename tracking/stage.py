@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from turncrop.tracking.plate import PlateFit, fit_plate
-from turncrop.tracking.stage_cues import enclosed_doubt, missing_texture, ratio_detail, step_excess
+from turncrop.tracking.stage_cues import enclosed_doubt, missing_texture, ratio_detail, speckle_free, step_excess
 
 
 @dataclass(frozen=True)
@@ -247,9 +247,7 @@ class StageModel:
 
     def foreground(self, image: np.ndarray, evidence: np.ndarray | None = None) -> np.ndarray:
         """(H, W) bool: pixels unlike the backdrop, cleaned of speckle (`evidence`: this frame's log_odds)."""
-        fg = ((self.log_odds(image) if evidence is None else evidence) > 0).astype(np.uint8)
-        fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        return fg.astype(bool)
+        return speckle_free(self.log_odds(image) if evidence is None else evidence)
 
     def product_boxes(self, image: np.ndarray, evidence: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Boxes of foreground blobs large enough to be a product (`evidence`: this frame's log_odds).

@@ -80,21 +80,28 @@ def missing_texture(x: np.ndarray, plate: np.ndarray, sigma: np.ndarray, ratio: 
     return expected * np.maximum(expected - ncc - _TEXTURE_SCATTER, 0.0) * window
 
 
+def speckle_free(evidence: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of (H, W) log-odds `evidence` that are product, cleaned of speckle (a 3x3 opening)."""
+    return cv2.morphologyEx((evidence > 0).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+
+
 def enclosed_doubt(evidence: np.ndarray, outline: np.ndarray, shadow_doubt: float) -> np.ndarray:
     """(H, W) bool: shadow-like pixels (log-odds in [-shadow_doubt, 0]) of 4-connected regions at least
     `_ENCLOSED` of whose rim (the pixels 8-adjacent to them) is foreground on an `outline` (H, W) bool."""
-    kernel = np.ones((3, 3), np.uint8)
-    product = cv2.morphologyEx((evidence > 0).astype(np.uint8), cv2.MORPH_OPEN, kernel)
-    doubt = ((evidence >= -shadow_doubt) & (product == 0)).astype(np.uint8)
+    product = speckle_free(evidence)
+    if not product.any():  # an empty stage: nothing to ring a region
+        return product
+    doubt = ((evidence >= -shadow_doubt) & ~product).astype(np.uint8)
     n, labels = cv2.connectedComponents(doubt, connectivity=4)
-    if n <= 1 or not product.any():
+    if n <= 1:
         return np.zeros(evidence.shape, bool)
+    kernel = np.ones((3, 3), np.uint8)
     # Each rim pixel counts for the largest label beside it (two regions seldom share a rim pixel).
     beside = cv2.dilate(labels.astype(np.float32), kernel)
     rim = (doubt == 0) & (beside > 0)
     owner = beside[rim].astype(np.int64)
     total = np.bincount(owner, minlength=n)
-    on_outline = np.bincount(owner, weights=((product > 0) & outline)[rim].astype(np.float64), minlength=n)
+    on_outline = np.bincount(owner, weights=(product & outline)[rim].astype(np.float64), minlength=n)
     enclosed = on_outline >= _ENCLOSED * np.maximum(total, 1)
     enclosed[0] = False
     return enclosed[labels]
