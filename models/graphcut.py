@@ -43,18 +43,46 @@ class ColourModel:
         self.inv = np.linalg.inv(covs[keep]).astype(np.float32)
         _, logdet = np.linalg.slogdet(covs[keep])
         self.log_norm = (np.log(weights[keep]) - 0.5 * logdet - 1.5 * np.log(2 * np.pi)).astype(np.float32)
+        self._coefficients, self._constants = self._quadratic_form()
+
+    def _quadratic_form(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each component's log density as a linear function of `colour_features`: (K, 9) and (K,)."""
+        rows, constants = [], []
+        for mean, inv, norm in zip(self.means.astype(np.float64) - _CENTRE, self.inv.astype(np.float64),
+                                   self.log_norm.astype(np.float64)):
+            # -(x - m)' A (x - m) / 2 = -x'Ax / 2 + m'A x - m'A m / 2
+            quadratic = [inv[0, 0], inv[1, 1], inv[2, 2], 2 * inv[0, 1], 2 * inv[0, 2], 2 * inv[1, 2]]
+            rows.append([*(-0.5 * np.array(quadratic)), *(inv @ mean)])
+            constants.append(norm - 0.5 * mean @ inv @ mean)
+        return np.array(rows), np.array(constants)
 
     def log_prob(self, pixels: np.ndarray) -> np.ndarray:
-        """(..., 3) float32 colours -> (...) float32 log density."""
-        x = pixels.reshape(-1, 3)
-        terms = []
-        for mean, inv, norm in zip(self.means, self.inv, self.log_norm):
-            d = x - mean
-            terms.append(norm - 0.5 * np.einsum("ni,ij,nj->n", d, inv, d))
-        stacked = np.stack(terms)
-        best = stacked.max(0)
-        out = best + np.log(np.exp(stacked - best).sum(0))
-        return out.reshape(pixels.shape[:-1])
+        """(..., 3) colours -> (...) float32 log density."""
+        return self.log_prob_of(colour_features(pixels)).reshape(pixels.shape[:-1])
+
+    def log_prob_of(self, features: np.ndarray) -> np.ndarray:
+        """(9, N) `colour_features` -> (N,) float32 log density."""
+        terms = self._coefficients @ features  # (K, N): one product for all components
+        terms += self._constants[:, None]
+        best = terms.max(0)
+        terms -= best
+        np.exp(terms, out=terms)
+        return (best + np.log(terms.sum(0))).astype(np.float32)
+
+
+_CENTRE = 128.0  # colours are centred before squaring, which keeps float64 exact to far below a nat
+
+
+def colour_features(pixels: np.ndarray) -> np.ndarray:
+    """(..., 3) colours -> (9, N) float64: the quadratic and linear monomials of the centred colour, which
+    every Gaussian's log density is linear in (one matrix product per mixture instead of one per component)."""
+    out = np.empty((9, pixels.size // 3))
+    out[6:] = pixels.reshape(-1, 3).T
+    out[6:] -= _CENTRE
+    r, g, b = out[6:]
+    for row, (u, v) in enumerate(((r, r), (g, g), (b, b), (r, g), (r, b), (g, b))):
+        np.multiply(u, v, out=out[row])
+    return out
 
 
 @dataclass
@@ -227,17 +255,17 @@ class GraphCutSegmenter:
 
     def _unary(self, crop: np.ndarray, models: _KeyframeModels, prior: np.ndarray) -> np.ndarray:
         o = self.options
-        pixels = crop.astype(np.float32)
-        llr = models.fg.log_prob(pixels) - models.bg.log_prob(pixels)
+        features = colour_features(crop)
+        llr = (models.fg.log_prob_of(features) - models.bg.log_prob_of(features)).reshape(crop.shape[:2])
         return o.colour_weight * np.clip(llr, -o.colour_clip, o.colour_clip) + prior
 
     def _edge_weights(self, crop: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
         """Contrast-sensitive Potts weights to the right, down, down-right and down-left neighbours."""
-        img = crop.astype(np.float32)
+        planes = cv2.split(crop.astype(np.float32))  # numpy sums over a trailing axis of 3 are slow
         diffs = {}
         for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-            shifted = np.roll(img, (-dy, -dx), axis=(0, 1))
-            diffs[(dy, dx)] = ((img - shifted) ** 2).sum(-1)
+            steps = [(p - np.roll(p, (-dy, -dx), axis=(0, 1))) ** 2 for p in planes]
+            diffs[(dy, dx)] = steps[0] + steps[1] + steps[2]
         mean_sq = np.mean([d.mean() for d in diffs.values()])
         beta = 1.0 / (2.0 * max(mean_sq, 1e-6))
         weights = {}

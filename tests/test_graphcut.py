@@ -357,3 +357,27 @@ def test_a_box_as_wide_as_the_frame_learns_the_background_from_its_sides(seed, m
         (roi.y1 - roi.y0, roi.x1 - roi.x0), bool))
     blind = seg.decode(seg.encode(img), Prompt(box=box), img)
     assert _iou(blind.masks[0], truth) < 0.9
+
+
+@pytest.mark.parametrize("spread", [0.01, 1.0, 400.0])
+def test_colour_model_log_density_is_the_mixtures(spread):
+    """The one-product-per-mixture evaluation equals log sum_k w_k N(x; m_k, S_k) written out, also for a
+    near-singular component (a saturated white backdrop) and at colours far from every mean."""
+    rng = np.random.default_rng(3)
+    k = 5
+    weights = rng.random(k)
+    weights /= weights.sum()
+    means = rng.random((k, 3)) * 255
+    covs = np.array([a @ a.T * spread for a in rng.normal(size=(k, 3, 3))])
+    packed = np.concatenate([weights, means.ravel(), covs.ravel()])[None]
+    colours = np.concatenate([means[:, None] + rng.normal(size=(k, 50, 3)) * np.sqrt(spread),
+                              rng.random((1, 50, 3)) * 255]).astype(np.float32)
+    got = graphcut.ColourModel(packed).log_prob(colours)
+    full = covs + np.eye(3) * 1e-2
+    d = colours[None].astype(np.float64) - means[:, None, None]
+    quad = np.einsum("knpi,kij,knpj->knp", d, np.linalg.inv(full), d)
+    log_terms = (np.log(weights) - 0.5 * np.linalg.slogdet(full)[1] - 1.5 * np.log(2 * np.pi))[:, None, None] - quad / 2
+    expected = np.logaddexp.reduce(log_terms, axis=0)
+    assert got.shape == colours.shape[:2] and got.dtype == np.float32
+    near = expected > expected.max() - 50  # where a likelihood ratio can still matter
+    np.testing.assert_allclose(got[near], expected[near], atol=1e-3, rtol=1e-6)
