@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from turncrop.tracking.masks import grow
+
 
 @dataclass(frozen=True)
 class IntruderOptions:
@@ -75,11 +77,11 @@ class IntruderTracker:
         known = product if product is not None else self._standing()
         protect = np.zeros((h, w), bool)
         if known is not None:
-            protect = cv2.dilate(known.astype(np.uint8), _disc(max(1, radius // 4))) > 0
+            protect = grow(known, max(1, radius // 4))
             fg[protect] = 0
         n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-        beside_product = cv2.dilate(product.astype(np.uint8), _disc(radius)) > 0 if product is not None else None
-        near = cv2.dilate(self._mask.astype(np.uint8), _disc(radius)) > 0 if self._mask is not None else None
+        beside_product = grow(product, radius) if product is not None else None
+        near = grow(self._mask, radius) if self._mask is not None else None
         bins = _colour_bins(image)
         if product is not None:
             shown = product if self._mask is None else product & ~self._mask
@@ -104,13 +106,13 @@ class IntruderTracker:
                 continue
             mask[window] |= kept
         if self._mask is not None:
-            reach = cv2.dilate(self._mask.astype(np.uint8), _disc(2 * radius)) > 0  # a hand moves fast
+            reach = grow(self._mask, 2 * radius)  # a hand moves fast
             mask = self._into_product(mask, foreground & protect & reach & own)
         self._mask, self._foreground = mask, foreground.copy()
         self._frames_clear = 0 if mask.mean() >= o.min_pixels else self._frames_clear + 1
         self._learn_colours(bins[mask])
         # The arm's own edge pixels mix it with what is behind: they are the arm's, not a rim of product.
-        return cv2.dilate(mask.astype(np.uint8), _disc(EDGE_PX)) > 0 if mask.any() else mask
+        return grow(mask, EDGE_PX)
 
     def _standing(self) -> np.ndarray | None:
         """Last frame's foreground that was not the intruder, or None."""
@@ -147,7 +149,7 @@ class IntruderTracker:
             return np.zeros_like(piece)
         x, y = origin
         h, w = piece.shape
-        before = cv2.dilate(seen.astype(np.uint8), _disc(max(1, radius // 2)))[y:y + h, x:x + w] > 0
+        before = grow(seen, max(1, radius // 2))[y:y + h, x:x + w]
         new = (piece & ~before).astype(np.uint8)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(new, connectivity=8)
         frame_area = seen.size

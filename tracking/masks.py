@@ -11,6 +11,22 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return None if w == 0 else (x, y, x + w, y + h)
 
 
+def grow(mask: np.ndarray, radius: int) -> np.ndarray:
+    """A (H, W) bool mask dilated by a disc of `radius` px (OpenCV's elliptic element), worked out only over
+    the mask's box grown by the radius: a product or an arm is a small part of the frame, and a dilation's
+    cost grows with the disc."""
+    out = np.zeros(np.shape(mask), bool)
+    box = mask_box(mask)
+    if box is None:
+        return out
+    h, w = out.shape
+    x0, y0, x1, y1 = max(box[0] - radius, 0), max(box[1] - radius, 0), min(box[2] + radius, w), min(box[3] + radius, h)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    window = np.ascontiguousarray(mask[y0:y1, x0:x1], np.uint8)
+    out[y0:y1, x0:x1] = cv2.dilate(window, disc, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    return out
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two (H, W) bool masks; two empty masks agree fully (1.0)."""
     union = np.count_nonzero(a | b)
