@@ -20,6 +20,7 @@ at the sensor's noise (a sample-based background model, as ViBe's; Barnich & Van
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -236,14 +237,9 @@ class StageModel:
         return plate
 
     def _dot_products(self, x: np.ndarray, plate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per pixel x.b, x.x and b.b of the (H, W, 3) float32 image `x` and the backdrop b, each (H, W).
-
-        Computed on per-channel planes: numpy's sums over a trailing axis of 3 are several times slower.
-        """
-        xs, bs = cv2.split(x), cv2.split(plate)
-        return (xs[0] * bs[0] + xs[1] * bs[1] + xs[2] * bs[2],
-                xs[0] * xs[0] + xs[1] * xs[1] + xs[2] * xs[2],
-                bs[0] * bs[0] + bs[1] * bs[1] + bs[2] * bs[2])
+        """Per pixel x.b, x.x and b.b of the (H, W, 3) float32 image `x` and the backdrop b, each (H, W)."""
+        xs, bs = cv2.split(x), cv2.split(plate)  # split once: three products of the same planes
+        return _dot(xs, bs), _dot(xs, xs), _dot(bs, bs)
 
     def foreground(self, image: np.ndarray, evidence: np.ndarray | None = None) -> np.ndarray:
         """(H, W) bool: pixels unlike the backdrop, cleaned of speckle (`evidence`: this frame's log_odds)."""
@@ -315,8 +311,8 @@ class StageModel:
         shade = np.where(near > 0.01, cv2.blur(ratio * outside, (9, 9)) / np.maximum(near, 1e-6), 1.0)
         b = plate * np.minimum(shade, 1.0)[..., None]
         d = fg - b
-        dd = (d * d).sum(-1)
-        alpha = np.clip(((x - b) * d).sum(-1) / np.maximum(dd, 1e-6), 0.0, 1.0)
+        dd = _dot(d, d)
+        alpha = np.clip(_dot(x - b, d) / np.maximum(dd, 1e-6), 0.0, 1.0)
         solvable = rim & (weight > 0.01) & (np.sqrt(dd) > 4.0 * sigma)
         refined = np.where(solvable, alpha >= 0.5, mask)
         soft = np.where(solvable, alpha, mask.astype(np.float32)).astype(np.float32)
@@ -357,6 +353,14 @@ class StageModel:
             if self._moving is not None:  # the mean's edges there are a blur of what moved, not the plate's
                 self._edges[self._moving] = 0.0
         return self._sigma
+
+
+def _dot(a: np.ndarray | Sequence[np.ndarray], b: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Per pixel dot product (H, W) of two (H, W, 3) float32 images (or their `cv2.split` planes), on
+    per-channel planes: numpy's sums over a trailing axis of 3 are several times slower."""
+    a = cv2.split(a) if isinstance(a, np.ndarray) else a
+    b = cv2.split(b) if isinstance(b, np.ndarray) else b
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
