@@ -183,9 +183,7 @@ class GraphCutSegmenter:
         if prompt.box is not None:
             boxes.append(np.asarray(prompt.box, dtype=np.float64))
         if prompt.mask_logits is not None:
-            ys, xs = np.nonzero(prompt.mask_logits > 0)
-            if len(xs):
-                boxes.append(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64))
+            boxes.extend(_prior_regions(prompt.mask_logits))
         if prompt.points is not None:
             pos = prompt.points[np.asarray(prompt.point_labels) > 0]
             if len(pos):
@@ -298,6 +296,21 @@ class GraphCutSegmenter:
         return MaskSet(masks=masks, logits=logits, scores=scores)
 
 
+def _prior_regions(mask_logits: np.ndarray) -> list[np.ndarray]:
+    """Boxes (x0, y0, x1, y1) of the dense prompt's positive regions, specks left out.
+
+    A dense prompt that adds a stage model's log-odds is positive at scattered noise pixels across the whole
+    frame; they would make the region of interest the frame (the bundled session: 691,200 nodes a frame
+    instead of ~280,000), though a speck that small never survives the cut's smoothness.
+    """
+    positive = (mask_logits > 0).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(positive, connectivity=8)
+    speck = max(_SPECK_PX, _SPECK_SHARE * positive.size)
+    return [np.array([x, y, x + w, y + h], np.float64) for x, y, w, h, area in stats[1:] if area >= speck] or \
+        [np.array([x, y, x + w, y + h], np.float64) for x, y, w, h, _ in stats[1:]]
+
+
+_SPECK_PX, _SPECK_SHARE = 64, 1e-4  # a positive region of the dense prompt smaller than both is a speck
 _EDGE_BAND = 0.06  # of the box's size: the band inside a box side that lies on the frame's edge
 
 
