@@ -172,18 +172,21 @@ class GraphCutSegmenter:
                 return _empty(h, w)
             models.fg, models.bg = fitted
         unary = self._unary(crop, models, prior)
-        cut = _solve(unary, self._edge_weights(crop))
+        beta = contrast_beta(image[self._roi(prompt, h, w, specks=True).slices])
+        cut = _solve(unary, self._edge_weights(crop, beta))
         models.decodes += 1
         return self._candidates(cut, unary, roi, h, w)
 
     # -- prompt handling -------------------------------------------------------------------------
 
-    def _roi(self, prompt: Prompt, h: int, w: int) -> _Roi:
+    def _roi(self, prompt: Prompt, h: int, w: int, specks: bool = False) -> _Roi:
+        """The region the cut runs on: the prompt's extent, grown by `roi_margin`; with `specks`, the dense
+        prompt's specks count too (the region its contrast is measured on, see `contrast_beta`)."""
         boxes = []
         if prompt.box is not None:
             boxes.append(np.asarray(prompt.box, dtype=np.float64))
         if prompt.mask_logits is not None:
-            boxes.extend(_prior_regions(prompt.mask_logits))
+            boxes.extend(_prior_regions(prompt.mask_logits, specks))
         if prompt.points is not None:
             pos = prompt.points[np.asarray(prompt.point_labels) > 0]
             if len(pos):
@@ -257,17 +260,10 @@ class GraphCutSegmenter:
         llr = (models.fg.log_prob_of(features) - models.bg.log_prob_of(features)).reshape(crop.shape[:2])
         return o.colour_weight * np.clip(llr, -o.colour_clip, o.colour_clip) + prior
 
-    def _edge_weights(self, crop: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    def _edge_weights(self, crop: np.ndarray, beta: float) -> dict[tuple[int, int], np.ndarray]:
         """Contrast-sensitive Potts weights to the right, down, down-right and down-left neighbours."""
-        planes = cv2.split(crop.astype(np.float32))  # numpy sums over a trailing axis of 3 are slow
-        diffs = {}
-        for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-            steps = [(p - np.roll(p, (-dy, -dx), axis=(0, 1))) ** 2 for p in planes]
-            diffs[(dy, dx)] = steps[0] + steps[1] + steps[2]
-        mean_sq = np.mean([d.mean() for d in diffs.values()])
-        beta = 1.0 / (2.0 * max(mean_sq, 1e-6))
         weights = {}
-        for (dy, dx), d in diffs.items():
+        for (dy, dx), d in _squared_steps(crop).items():
             wgt = self.options.smoothness * np.exp(-beta * d) / np.hypot(dy, dx)
             # np.roll wraps around: cut the links that would join opposite borders.
             if dy:
@@ -296,14 +292,17 @@ class GraphCutSegmenter:
         return MaskSet(masks=masks, logits=logits, scores=scores)
 
 
-def _prior_regions(mask_logits: np.ndarray) -> list[np.ndarray]:
-    """Boxes (x0, y0, x1, y1) of the dense prompt's positive regions, specks left out.
+def _prior_regions(mask_logits: np.ndarray, specks: bool = False) -> list[np.ndarray]:
+    """Boxes (x0, y0, x1, y1) of the dense prompt's positive regions, specks left out unless `specks`.
 
     A dense prompt that adds a stage model's log-odds is positive at scattered noise pixels across the whole
     frame; they would make the region of interest the frame (the bundled session: 691,200 nodes a frame
     instead of ~280,000), though a speck that small never survives the cut's smoothness.
     """
     positive = (mask_logits > 0).astype(np.uint8)
+    if specks:
+        x, y, w, h = cv2.boundingRect(positive)
+        return [np.array([x, y, x + w, y + h], np.float64)] if w else []
     n, _, stats, _ = cv2.connectedComponentsWithStats(positive, connectivity=8)
     speck = max(_SPECK_PX, _SPECK_SHARE * positive.size)
     return [np.array([x, y, x + w, y + h], np.float64) for x, y, w, h, area in stats[1:] if area >= speck] or \
@@ -378,6 +377,28 @@ def _fit_colour_models(image: np.ndarray, seeds: np.ndarray, roi: _Roi,
     if not (fgd[0, :5] > 0).any() or not (bgd[0, :5] > 0).any():
         return None
     return ColourModel(fgd), ColourModel(bgd)
+
+
+def _squared_steps(image: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """|c_p - c_q|^2 (H, W) float32 to the right, down, down-right and down-left neighbours (wrapping around)."""
+    planes = cv2.split(image.astype(np.float32))  # numpy sums over a trailing axis of 3 are slow
+    steps = {}
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        squares = [(p - np.roll(p, (-dy, -dx), axis=(0, 1))) ** 2 for p in planes]
+        steps[(dy, dx)] = squares[0] + squares[1] + squares[2]
+    return steps
+
+
+def contrast_beta(image: np.ndarray) -> float:
+    """GrabCut's beta = 1 / (2 <|c_p - c_q|^2>) over `image`.
+
+    Measured over the prompt's whole extent, its specks included, not over the (tighter) region the cut runs
+    on: with a stage model in the prompt that is the frame, whose calm backdrop lets a thin low-contrast part
+    (a cable on a dark platter) keep its weak edges; the click and box paths measure it near the object, as
+    before (measured over the frame instead, the bundled operator-clicks session's J falls 0.736 -> 0.679).
+    """
+    mean_sq = np.mean([d.mean() for d in _squared_steps(image).values()])
+    return 1.0 / (2.0 * max(float(mean_sq), 1e-6))
 
 
 def _solve(unary: np.ndarray, edges: dict[tuple[int, int], np.ndarray]) -> np.ndarray:

@@ -381,3 +381,24 @@ def test_colour_model_log_density_is_the_mixtures(spread):
     assert got.shape == colours.shape[:2] and got.dtype == np.float32
     near = expected > expected.max() - 50  # where a likelihood ratio can still matter
     np.testing.assert_allclose(got[near], expected[near], atol=1e-3, rtol=1e-6)
+
+
+def test_specks_of_a_dense_prompt_do_not_widen_the_cut(monkeypatch):
+    """A stage model's log-odds in the dense prompt are positive at scattered noise pixels: the cut still runs
+    on the object's region only, and no speck becomes foreground."""
+    img, truth = _scene()
+    prior = _signed_prior(truth)
+    specks = [(3, 3), (H - 4, 5), (4, W - 3), (H - 3, W - 4)]
+    for y, x in specks:
+        prior[y, x] = 6.0
+    shapes = []
+    solve = graphcut._solve
+    monkeypatch.setattr(graphcut, "_solve", lambda unary, edges: shapes.append(unary.shape) or solve(unary, edges))
+    seg = GraphCutSegmenter()
+    emb = seg.encode(img)
+    seg.decode(emb, Prompt(mask_logits=prior), img)  # fits the colour models
+    result = seg.decode(emb, Prompt(mask_logits=prior), img)
+    ys, xs = np.nonzero(truth)
+    assert shapes[-1][0] < 1.5 * np.ptp(ys) + 34 and shapes[-1][1] < 1.5 * np.ptp(xs) + 34, shapes[-1]
+    assert not any(result.masks[:, y, x].any() for y, x in specks)
+    assert _iou(result.masks[0], truth) > J_BOUND
