@@ -108,6 +108,8 @@ class IntruderTracker:
         if self._mask is not None:
             reach = grow(self._mask, 2 * radius)  # a hand moves fast
             mask = self._into_product(mask, foreground & protect & reach & own)
+        if product is not None:
+            mask = _without_strands(mask, _grown_box(product, radius))
         self._mask, self._foreground = mask, foreground.copy()
         self._frames_clear = 0 if mask.mean() >= o.min_pixels else self._frames_clear + 1
         self._learn_colours(bins[mask])
@@ -183,6 +185,21 @@ def _grown_box(mask: np.ndarray, margin: int) -> np.ndarray:
     if len(xs):
         out[max(ys.min() - margin, 0):ys.max() + margin + 1, max(xs.min() - margin, 0):xs.max() + margin + 1] = True
     return out
+
+
+def _without_strands(mask: np.ndarray, near_product: np.ndarray) -> np.ndarray:
+    """The intruder without the strands it reaches along inside `near_product`: parts far thinner than its
+    own body (a cable or a tripod's leg that the hand touches, in the sleeve's dark colours) are the
+    product's; a hand's fingers are a good fraction of its thickness and stay."""
+    if not (mask & near_product).any():
+        return mask
+    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    width = max(1, int(round(_STRAND * float(inside.max()))))
+    thick = grow(cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, _disc(width)) > 0, width + EDGE_PX)
+    return mask & (thick | ~near_product)
+
+
+_STRAND = 0.15  # of the intruder's largest inscribed radius: a part narrower than twice this is a strand
 
 
 def _beside_other(labels: np.ndarray, i: int, box: tuple[int, int, int, int], radius: int) -> bool:
