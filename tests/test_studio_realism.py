@@ -126,13 +126,13 @@ def test_the_operators_arm_is_not_the_product(studio, variant):
     clean, o = studio(variant), studio(variant, arm=True)
     # One product, nothing on the frames where only the arm is in view, a still from a frame without it.
     _assert_one_clean_product(o, min_still_j=0.94)
-    assert o.mean_j >= clean.mean_j - 0.02, (clean.mean_j, o.mean_j)  # issue 10: 0.01 (0.019 / 0.010 today)
+    assert o.mean_j >= clean.mean_j - 0.015, (clean.mean_j, o.mean_j)  # issue 10: 0.01 (0.006 / 0.0104 today)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_realistic_session(studio, variant):
     o = studio(variant, arm=True, platter=True, exposure=0.12 if variant == "developed" else 0.15, shake=1.5)
-    # Issue 10 asks for 0.95 and a still at 0.97: measured 0.950 / 0.981 developed, 0.907 / 0.941 held out.
+    # Issue 10 asks for 0.95 and a still at 0.97: measured 0.955 / 0.981 developed, 0.906 / 0.942 held out.
     _assert_one_clean_product(o, min_still_j=0.93)
     assert o.mean_j >= 0.90, o.mean_j
     assert o.encoder_calls_per_frame <= 0.2, o.encoder_calls_per_frame  # 0.174 / 0.159
