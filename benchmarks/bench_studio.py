@@ -1,6 +1,7 @@
 """Studio path before and after: `turncrop run` on realistic clips, this tree against an earlier commit, one run.
 
-Each clip is made by `recordings/make_studio.py` (clean, and with the arm, platter, exposure ramp and shake);
+Each clip is made by `recordings/make_studio.py` (clean, and with the arm, platter, exposure ramp and shake),
+and the bundled sample session (960x720, the README's first command) is run too;
 each code version runs it in its own process through `turncrop.stream.runner.run` (the command's own path).
 The earlier commit is checked out into a temporary git worktree and imported from there. Prints a table
 (fps, mean J over the product frames, frames with a mask on an empty stage, the still's frame and J, peak
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recordings"))
 import make_studio  # noqa: E402
 
+BUNDLED = ROOT / "recordings" / "mic_turntable"  # the README's sample session, with its ground truth
 CLIPS = {
     "clean": {},
     "realistic": {"arm": True, "platter": True, "exposure": 0.12, "shake": 1.5},
@@ -34,8 +36,9 @@ import cv2, numpy as np
 from turncrop.stream.config import load_config
 from turncrop.stream.runner import run
 clip, out = Path(sys.argv[1]), Path(sys.argv[2])
-meta = json.loads((clip / "clip.json").read_text())
-gts = [cv2.imread(str(clip / "gt" / f"{i:05d}.png"), cv2.IMREAD_GRAYSCALE) > 127 for i in range(meta["frame_count"])]
+meta = json.loads((clip / "clip.json").read_text()) if (clip / "clip.json").exists() else None  # a bundled recording
+count = meta["frame_count"] if meta else len(list((clip / "gt").glob("*.png")))
+gts = [cv2.imread(str(clip / "gt" / f"{i:05d}.png"), cv2.IMREAD_GRAYSCALE) > 127 for i in range(count)]
 masks = {}
 def keep(r):
     if len(r.detections):
@@ -54,7 +57,7 @@ print(json.dumps({
     "fps": summary["frames"] / seconds, "mean_J": float(np.mean(js)), "products": len(summary["products"]),
     "empty_stage_frames_flagged": sum(1 for i, g in enumerate(gts) if not g.any() and masks.get(i, empty).mean() > 0.005),
     "still_frame": still, "still_J": None if still is None else j(masks.get(still, empty), gts[still]),
-    "still_alone": None if still is None else meta["frames"][still]["alone"],
+    "still_alone": None if still is None or meta is None else meta["frames"][still]["alone"],
     "encoder_calls_per_frame": summary["encoder_calls_per_frame"],
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -93,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         try:
             versions = {args.baseline: tree_of(args.baseline, tmp / "baseline"), "this tree": None}
-            for name, scene in CLIPS.items():
-                clip = tmp / name
-                make_studio.render_clip(args.data, make_studio.Scene(seed=0, **scene), clip)
+            clips = {name: tmp / name for name in CLIPS} | {"bundled mic_turntable (960x720)": BUNDLED}
+            for name, clip in clips.items():
+                if name in CLIPS:
+                    make_studio.render_clip(args.data, make_studio.Scene(seed=0, **CLIPS[name]), clip)
                 for version, path in versions.items():
                     result = measure(clip, tmp / f"out-{name}-{len(rows)}", path)
                     rows.append({"clip": name, "code": version, **result})
