@@ -7,6 +7,7 @@ import pytest
 from turncrop.tracking.intruders import IntruderOptions, IntruderTracker
 
 H, W = 120, 160
+YY, XX = np.mgrid[0:H, 0:W]
 SKIN, PRODUCT = (220, 170, 140), (60, 90, 200)
 
 
@@ -105,3 +106,37 @@ def test_a_cable_the_hand_touches_stays_the_products_and_the_fingers_stay_the_ha
     beyond_the_hand = cable.copy()
     beyond_the_hand[:80] = False  # the strand's first px beside the glove may be taken with its edge
     assert found[beyond_the_hand].mean() < 0.05, found[beyond_the_hand].mean()
+
+
+def test_a_cable_of_the_product_just_put_down_is_not_the_hands():
+    """The frame the hand puts the product down (a stand with a foot, held where the hand meets it): its
+    cable, touching the glove and in the glove's colour, is the product's, though no mask protects it yet."""
+    glove = (40, 40, 40)
+    body = np.zeros((H, W), bool)
+    body[20:96, 30:44] = True  # the stand
+    body[88:96, 30:80] = True  # its foot
+    cable = np.zeros((H, W), bool)
+    cable[74:86, 60:62] = True  # hangs from the hand, then runs left above the foot
+    cable[84:86, 46:62] = True
+
+    def frame(tip: int, placed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        image = np.full((H, W, 3), 230, np.uint8)
+        arm = np.zeros((H, W), bool)
+        arm[50:74, tip:] = True
+        fg = arm.copy()
+        if placed:
+            image[body], image[cable] = PRODUCT, glove
+            fg |= body | cable
+        image[arm] = glove
+        return image, fg, arm
+
+    tracker = IntruderTracker()
+    for tip in (150, 135, 120, 105, 90, 75, 60, 50, 44):
+        image, fg, _ = frame(tip, placed=False)
+        tracker.update(image, fg, None)
+    image, fg, arm = frame(40, placed=True)
+    found = tracker.update(image, fg, None)
+    assert found[arm & (XX >= 48)].mean() > 0.95
+    beyond_the_hand = cable & (YY >= 82)
+    assert found[beyond_the_hand].mean() < 0.05, found[beyond_the_hand].mean()
+    assert found[body & ~arm].mean() < 0.05

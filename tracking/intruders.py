@@ -90,7 +90,7 @@ class IntruderTracker:
         # Around the product only the intruder's own colours are the intruder: without this the arm would eat,
         # frame by frame, whatever edge of the product its mask missed.
         claim = ~_grown_box(product, radius) | own if product is not None else np.ones((h, w), bool)
-        mask = np.zeros((h, w), bool)
+        mask, put_down = np.zeros((h, w), bool), np.zeros((h, w), bool)
         for i in range(1, n):
             x, y, bw, bh, _ = stats[i]
             if not (x == 0 or y == 0 or x + bw == w or y + bh == h):
@@ -98,7 +98,8 @@ class IntruderTracker:
             window = (slice(y, y + bh), slice(x, x + bw))
             piece = labels[window] == i
             if near is not None and (piece & near[window]).any():
-                kept = piece & claim[window] & ~self._put_down(piece, bins[window], self._foreground, (x, y), radius)
+                put_down[window] |= self._put_down(piece, bins[window], self._foreground, (x, y), radius)
+                kept = piece & claim[window] & ~put_down[window]
             elif _depth(x, y, bw, bh, w, h) <= o.entry_depth and not _beside_other(labels, i, (x, y, bw, bh), radius) \
                     and not (beside_product is not None and (piece & beside_product[window]).any()):
                 kept = piece
@@ -108,8 +109,8 @@ class IntruderTracker:
         if self._mask is not None:
             reach = grow(self._mask, 2 * radius)  # a hand moves fast
             mask = self._into_product(mask, foreground & protect & reach & own)
-        if product is not None:
-            mask = _without_strands(mask, _grown_box(product, radius))
+        placed = product if product is not None else put_down  # the product, or what the hand just put down
+        mask = _without_strands(mask, _grown_box(placed, radius))
         self._mask, self._foreground = mask, foreground.copy()
         self._frames_clear = 0 if mask.mean() >= o.min_pixels else self._frames_clear + 1
         self._learn_colours(bins[mask])
