@@ -172,8 +172,12 @@ class GraphCutSegmenter:
                 return _empty(h, w)
             models.fg, models.bg = fitted
         unary = self._unary(crop, models, prior)
-        beta = contrast_beta(image[self._roi(prompt, h, w, specks=True).slices])
-        cut = _solve(unary, self._edge_weights(crop, beta))
+        # Contrast is measured over the prompt's whole extent (`contrast_beta`), which holds the cut's region:
+        # the cut's colour steps are a window of the same steps (the links that window cuts are dropped).
+        extent = self._roi(prompt, h, w, specks=True)
+        steps = _squared_steps(image[extent.slices])
+        inside = (slice(roi.y0 - extent.y0, roi.y1 - extent.y0), slice(roi.x0 - extent.x0, roi.x1 - extent.x0))
+        cut = _solve(unary, self._edge_weights({k: d[inside] for k, d in steps.items()}, contrast_beta(steps)))
         models.decodes += 1
         return self._candidates(cut, unary, roi, h, w)
 
@@ -260,12 +264,14 @@ class GraphCutSegmenter:
         llr = (models.fg.log_prob_of(features) - models.bg.log_prob_of(features)).reshape(crop.shape[:2])
         return o.colour_weight * np.clip(llr, -o.colour_clip, o.colour_clip) + prior
 
-    def _edge_weights(self, crop: np.ndarray, beta: float) -> dict[tuple[int, int], np.ndarray]:
-        """Contrast-sensitive Potts weights to the right, down, down-right and down-left neighbours."""
+    def _edge_weights(self, steps: dict[tuple[int, int], np.ndarray],
+                      beta: float) -> dict[tuple[int, int], np.ndarray]:
+        """Contrast-sensitive Potts weights to the right, down, down-right and down-left neighbours, from the
+        region's `_squared_steps`."""
         weights = {}
-        for (dy, dx), d in _squared_steps(crop).items():
+        for (dy, dx), d in steps.items():
             wgt = self.options.smoothness * np.exp(-beta * d) / np.hypot(dy, dx)
-            # np.roll wraps around: cut the links that would join opposite borders.
+            # Links that leave the region (wrapped around, or to a pixel beyond it) are cut.
             if dy:
                 wgt[-dy:, :] = 0
             if dx > 0:
@@ -304,9 +310,9 @@ def _prior_regions(mask_logits: np.ndarray, specks: bool = False) -> list[np.nda
         x, y, w, h = cv2.boundingRect(positive)
         return [np.array([x, y, x + w, y + h], np.float64)] if w else []
     n, _, stats, _ = cv2.connectedComponentsWithStats(positive, connectivity=8)
+    boxes = [np.array([x, y, x + w, y + h], np.float64) for x, y, w, h, _ in stats[1:]]
     speck = max(_SPECK_PX, _SPECK_SHARE * positive.size)
-    return [np.array([x, y, x + w, y + h], np.float64) for x, y, w, h, area in stats[1:] if area >= speck] or \
-        [np.array([x, y, x + w, y + h], np.float64) for x, y, w, h, _ in stats[1:]]
+    return [box for box, area in zip(boxes, stats[1:, cv2.CC_STAT_AREA]) if area >= speck] or boxes
 
 
 _SPECK_PX, _SPECK_SHARE = 64, 1e-4  # a positive region of the dense prompt smaller than both is a speck
@@ -389,15 +395,15 @@ def _squared_steps(image: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
     return steps
 
 
-def contrast_beta(image: np.ndarray) -> float:
-    """GrabCut's beta = 1 / (2 <|c_p - c_q|^2>) over `image`.
+def contrast_beta(steps: dict[tuple[int, int], np.ndarray]) -> float:
+    """GrabCut's beta = 1 / (2 <|c_p - c_q|^2>) over a region's `_squared_steps`.
 
     Measured over the prompt's whole extent, its specks included, not over the (tighter) region the cut runs
     on: with a stage model in the prompt that is the frame, whose calm backdrop lets a thin low-contrast part
     (a cable on a dark platter) keep its weak edges; the click and box paths measure it near the object, as
     before (measured over the frame instead, the bundled operator-clicks session's J falls 0.736 -> 0.679).
     """
-    mean_sq = np.mean([d.mean() for d in _squared_steps(image).values()])
+    mean_sq = np.mean([d.mean() for d in steps.values()])
     return 1.0 / (2.0 * max(float(mean_sq), 1e-6))
 
 
