@@ -109,8 +109,9 @@ class IntruderTracker:
         if self._mask is not None:
             reach = grow(self._mask, 2 * radius)  # a hand moves fast
             mask = self._into_product(mask, foreground & protect & reach & own)
-        placed = product if product is not None else put_down  # the product, or what the hand just put down
-        mask = _without_strands(mask, _grown_box(placed, radius))
+        if mask.any():
+            placed = product if product is not None else put_down  # the product, or what the hand just put down
+            mask = _without_strands(mask, _grown_box(placed, radius))
         self._mask, self._foreground = mask, foreground.copy()
         self._frames_clear = 0 if mask.mean() >= o.min_pixels else self._frames_clear + 1
         self._learn_colours(bins[mask])

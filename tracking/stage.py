@@ -310,9 +310,9 @@ class StageModel:
         near = cv2.blur(outside, (9, 9))
         shade = np.where(near > 0.01, cv2.blur(ratio * outside, (9, 9)) / np.maximum(near, 1e-6), 1.0)
         b = plate * np.minimum(shade, 1.0)[..., None]
-        d = fg - b
+        d = cv2.split(fg - b)
         dd = _dot(d, d)
-        alpha = np.clip(_dot(x - b, d) / np.maximum(dd, 1e-6), 0.0, 1.0)
+        alpha = np.clip(_dot(cv2.split(x - b), d) / np.maximum(dd, 1e-6), 0.0, 1.0)
         solvable = rim & (weight > 0.01) & (np.sqrt(dd) > 4.0 * sigma)
         refined = np.where(solvable, alpha >= 0.5, mask)
         soft = np.where(solvable, alpha, mask.astype(np.float32)).astype(np.float32)
@@ -355,11 +355,9 @@ class StageModel:
         return self._sigma
 
 
-def _dot(a: np.ndarray | Sequence[np.ndarray], b: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-    """Per pixel dot product (H, W) of two (H, W, 3) float32 images (or their `cv2.split` planes), on
-    per-channel planes: numpy's sums over a trailing axis of 3 are several times slower."""
-    a = cv2.split(a) if isinstance(a, np.ndarray) else a
-    b = cv2.split(b) if isinstance(b, np.ndarray) else b
+def _dot(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
+    """Per pixel dot product (H, W) of two (H, W, 3) float32 images given as their `cv2.split` planes: numpy's
+    sums over a trailing axis of 3 are several times slower."""
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
