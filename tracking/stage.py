@@ -277,7 +277,7 @@ class StageModel:
         """Refine a mask's edge to the 50 % coverage line using the known backdrop (difference matting).
 
         Edge pixels mix product colour F and backdrop B: I = a F + (1 - a) B, so
-        a = (I - B).(F - B) / |F - B|^2. F is taken from nearby interior pixels of the mask. B is the stage
+        a = (I - B).(F - B) / |F - B|^2. F is taken from the nearest interior pixels of the mask. B is the stage
         as shaded right there: the plate times the brightness ratio of nearby pixels outside the mask,
         because the product's own contact shadow darkens exactly the backdrop beside its edges. A mask
         that only asks "unlike the backdrop?" grows by the anti-aliased rim; a >= 0.5 removes that bias.
@@ -299,25 +299,32 @@ class StageModel:
         inner = cv2.erode(filled, kernel, iterations=band)
         rim = cv2.dilate(m, kernel, iterations=band) > inner
         x = image.astype(np.float32)
-        # Interior colour: eroded mask, plus the centres of structures too thin to survive erosion.
-        core = (inner > 0) | (mask & (evidence >= self.options.evidence_clip))
-        weight = cv2.blur(core.astype(np.float32), (9, 9))
-        fg = cv2.blur(x * core[..., None], (9, 9)) / np.maximum(weight, 1e-6)[..., None]
-        # Local shading of the backdrop, from pixels just outside the rim.
-        outside = (cv2.dilate(filled, kernel, iterations=band + 1) == 0).astype(np.float32)
-        xb, _, bb_raw = self._dot_products(x, plate)
-        ratio = xb / np.maximum(bb_raw, 1.0)
-        near = cv2.blur(outside, (9, 9))
-        shade = np.where(near > 0.01, cv2.blur(ratio * outside, (9, 9)) / np.maximum(near, 1e-6), 1.0)
-        b = plate * np.minimum(shade, 1.0)[..., None]
+        b = self._shaded_plate(x, plate, filled, band)
+        # Product colour: the mean of the nearest pixels one in from the edge, or on the centre line of a
+        # structure too thin to survive that. A product's colour changes toward its outline (shading, a rim, a
+        # dark cable's sheen): a 9x9 mean of pixels `band` in cost J 0.008 on a held-out clip.
+        dist = cv2.distanceTransform(m, cv2.DIST_L2, 3)
+        ridge = (dist > 0) & (dist >= cv2.dilate(dist, kernel))  # past the anti-aliased rim the mask grew by
+        core = (cv2.erode(filled, kernel) > 0) | (ridge & (evidence >= self.options.evidence_clip))
+        fg, found = _local_mean(x, core)
         d = cv2.split(fg - b)
         dd = _dot(d, d)
         alpha = np.clip(_dot(cv2.split(x - b), d) / np.maximum(dd, 1e-6), 0.0, 1.0)
-        solvable = rim & (weight > 0.01) & (np.sqrt(dd) > 4.0 * sigma)
+        solvable = rim & found & (np.sqrt(dd) > 4.0 * sigma)
         refined = np.where(solvable, alpha >= 0.5, mask)
         soft = np.where(solvable, alpha, mask.astype(np.float32)).astype(np.float32)
         colour = np.where(solvable[..., None], np.clip(fg, 0, 255), x).astype(np.uint8)
         return refined, soft, colour
+
+    def _shaded_plate(self, x: np.ndarray, plate: np.ndarray, filled: np.ndarray, band: int) -> np.ndarray:
+        """(H, W, 3) float32: the plate times the brightness ratio of the pixels just outside the mask's rim,
+        i.e. the backdrop as the product's own contact shadow darkens it beside its edges."""
+        outside = (cv2.dilate(filled, np.ones((3, 3), np.uint8), iterations=band + 1) == 0).astype(np.float32)
+        xb, _, bb_raw = self._dot_products(x, plate)
+        ratio = xb / np.maximum(bb_raw, 1.0)
+        near = cv2.blur(outside, (9, 9))
+        shade = np.where(near > 0.01, cv2.blur(ratio * outside, (9, 9)) / np.maximum(near, 1e-6), 1.0)
+        return plate * np.minimum(shade, 1.0)[..., None]
 
     def resized(self, size: tuple[int, int]) -> StageModel:
         """This model for frames of (H, W) `size` (e.g. the source frames of a stream segmented at a working
@@ -359,6 +366,14 @@ def _dot(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
     """Per pixel dot product (H, W) of two (H, W, 3) float32 images given as their `cv2.split` planes: numpy's
     sums over a trailing axis of 3 are several times slower."""
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _local_mean(image: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Gaussian-weighted (sigma 1 px) mean colour of the (H, W) bool `source` pixels of the (H, W, 3) float32
+    `image` around each pixel, and where there are any within ~3 px to take it from ((H, W, 3), (H, W) bool)."""
+    weight = cv2.GaussianBlur(source.astype(np.float32), (9, 9), 1.0)
+    mean = cv2.GaussianBlur(image * source[..., None], (9, 9), 1.0) / np.maximum(weight, 1e-12)[..., None]
+    return mean, weight > 1e-3
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
