@@ -95,13 +95,12 @@ def _assert_one_clean_product(o: Outcome, min_still_j: float) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize(("camera", "cost"), [({"exposure": 0.12}, 0.01), ({"exposure": -0.15}, 0.025),
-                                             ({"white_balance": 0.06}, 0.01)],
+@pytest.mark.parametrize("camera", [{"exposure": 0.12}, {"exposure": -0.15}, {"white_balance": 0.06}],
                          ids=["exposure+12%", "exposure-15%", "white-balance"])
-def test_auto_exposure_and_white_balance_cost_nothing(studio, variant, camera, cost):
-    # A darkening camera also lowers the product's contrast against the paper: it costs up to 0.02 today.
+def test_auto_exposure_and_white_balance_cost_nothing(studio, variant, camera):
+    # A darkening camera also lowers the product's contrast against the paper: -15 % costs 0.004 / 0.000 today.
     clean, drifted = studio(variant), studio(variant, **camera)
-    assert drifted.mean_j >= clean.mean_j - cost, (clean.mean_j, drifted.mean_j)
+    assert drifted.mean_j >= clean.mean_j - 0.01, (clean.mean_j, drifted.mean_j)
     _assert_one_clean_product(drifted, min_still_j=0.93)
 
 
@@ -115,7 +114,7 @@ def test_camera_shake_costs_nothing(studio, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_turning_platter_is_stage(studio, variant):
     clean, platter = studio(variant), studio(variant, platter=True)
-    # Issue 10 asks for 0.01: the developed clip loses 0.006, the held-out one 0.029 where its small, dark
+    # Issue 10 asks for 0.01: the developed clip loses 0.006, the held-out one 0.030 where its small, dark
     # cable lies on the platter's turning marks (README, Known limits).
     assert platter.mean_j >= clean.mean_j - 0.035, (clean.mean_j, platter.mean_j)
     _assert_one_clean_product(platter, min_still_j=0.88)
@@ -132,7 +131,7 @@ def test_the_operators_arm_is_not_the_product(studio, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_realistic_session(studio, variant):
     o = studio(variant, arm=True, platter=True, exposure=0.12 if variant == "developed" else 0.15, shake=1.5)
-    # Issue 10 asks for 0.95 and a still at 0.97: measured 0.955 / 0.981 developed, 0.906 / 0.942 held out.
+    # Issue 10 asks for 0.95 and a still at 0.97: measured 0.956 / 0.982 developed, 0.911 / 0.940 held out.
     _assert_one_clean_product(o, min_still_j=0.93)
     assert o.mean_j >= 0.90, o.mean_j
     assert o.encoder_calls_per_frame <= 0.2, o.encoder_calls_per_frame  # 0.174 / 0.159
@@ -141,7 +140,7 @@ def test_realistic_session(studio, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_white_product_on_a_white_sweep_is_found_by_its_outline(studio, variant):
     # In colour it is a shadow; the stage finds it by its outline, and the shadow-like body that outline rings
-    # (`stage_cues.enclosed_doubt`): 0.861 / 0.859 today, 0.47 / 0.64 by the outline alone.
+    # (`stage_cues.enclosed_doubt`): 0.867 / 0.863 today, 0.47 / 0.64 by the outline alone.
     o = studio(variant, product="white", backdrop="white")
     assert len(o.products) == 1 and o.false_alarm_frames == [], (o.products, o.false_alarm_frames)
     assert o.still_frame is not None and o.mean_j >= 0.82, (o.still_frame, o.mean_j)
@@ -155,7 +154,7 @@ def test_white_product_on_a_white_sweep(studio):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_black_product_on_black_velvet_is_found_by_the_pile_it_hides(studio, variant):
     # A few levels off the velvet in colour; its pile is what the product hides (and its shadow keeps). The wide
-    # body is found, the thin stand and cable hide too little pile (README, Known limits): 0.69 / 0.68 today,
+    # body is found, the thin stand and cable hide too little pile (README, Known limits): 0.70 / 0.68 today,
     # 0.36 / 0.34 (and two products held out) by colour and edges alone.
     o = studio(variant, product="black", backdrop="black")
     assert len(o.products) == 1 and o.false_alarm_frames == [], (o.products, o.false_alarm_frames)
