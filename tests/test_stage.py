@@ -293,6 +293,19 @@ def test_matte_moves_the_edge_to_half_coverage(stage, rng, colour):
     assert (decontaminated[far] == frame[far]).all()
 
 
+def test_matte_takes_the_product_colour_at_its_outline(stage, rng):
+    """A shaded ball is darker toward its outline than inside: the colour the edge mixes with the backdrop is the
+    one just inside it, not a mean from farther in (which put the alpha 0.07 off, the edge a pixel out)."""
+    alpha = _antialiased(100.3, 80.6, 30.4)
+    r = np.sqrt((XX + 0.5 - 100.3) ** 2 + (YY + 0.5 - 80.6) ** 2) / 30.4
+    colour = np.array([150, 60, 50], np.float32) * np.clip(1 - 0.75 * r**4, 0.2, 1)[..., None]
+    frame = _shot(alpha[..., None] * colour + (1 - alpha[..., None]) * BACKDROP, rng)
+    refined, soft, _ = stage.matte(frame, stage.foreground(frame))
+    edge = (alpha > 0.05) & (alpha < 0.95)
+    assert np.abs(soft[edge] - alpha[edge]).mean() < 0.045
+    assert int((refined ^ (alpha >= 0.5)).sum()) <= 2
+
+
 def test_a_stage_learnt_at_a_working_size_mattes_the_source_frame(rng):
     """Live streams learn the stage and segment at a working size; the still is cut from the source frame
     with the model resized to it: the smooth plate and the source's own noise level are recovered."""
