@@ -92,6 +92,18 @@ def test_shift_summary_is_limited_to_the_region(translated):
     np.testing.assert_allclose(whole, fp.motion(g0, g1, (H, W)).shift, atol=1e-6)
 
 
+def test_residual_is_small_where_the_flow_explains_the_change_and_large_where_the_frame_jumped(translated):
+    prev, prev_mask, cur, _ = translated
+    fp = FlowPropagator()
+    moved = fp.motion(fp.grey(prev), fp.grey(cur), (H, W), region=prev_mask).residual
+    unwarped = float(cv2.absdiff(fp.grey(prev), fp.grey(cur))[prev_mask].mean())
+    assert moved < 0.5 * unwarped, (moved, unwarped)
+    # Another view of the object in its place (its texture turned by a third of a turn): no flow explains it.
+    jumped, _ = _frame(angle=120.0, seed=3)
+    residual = fp.motion(fp.grey(prev), fp.grey(jumped), (H, W), region=prev_mask).residual
+    assert residual > 3 * moved, (residual, moved)
+
+
 @pytest.mark.parametrize("preset", ["fast", "medium"])
 def test_turning_in_place_has_no_shift(preset):
     prev, mask = _frame(seed=1)
@@ -118,11 +130,11 @@ def test_warp_carries_values_and_fills_outside(translated):
     np.testing.assert_allclose(const[3:-3, 3:-3], 5.0, atol=1e-4)
     assert const.min() >= -1.0 - 1e-4 and const.max() <= 5.0 + 1e-4
     # Zero motion is the identity.
-    still = Motion(flow=np.zeros((H, W, 2), np.float32), scale=1.0, shift=np.zeros(2, np.float32))
+    still = Motion(flow=np.zeros((H, W, 2), np.float32), scale=1.0, shift=np.zeros(2, np.float32), residual=0.0)
     values = np.random.default_rng(0).normal(size=(H, W)).astype(np.float32)
     np.testing.assert_allclose(fp.warp(values, still), values, atol=1e-5)
     # A uniform backward flow of (+3, 0) samples 3 px to the right: content moves left.
-    left = Motion(flow=np.tile(np.float32([3, 0]), (H, W, 1)), scale=1.0, shift=np.float32([-3, 0]))
+    left = Motion(flow=np.tile(np.float32([3, 0]), (H, W, 1)), scale=1.0, shift=np.float32([-3, 0]), residual=0.0)
     out = fp.warp(values, left, fill=9.0)
     np.testing.assert_allclose(out[:, :-3], values[:, 3:], atol=1e-5)
     assert (out[:, -2:] == 9.0).all()

@@ -19,6 +19,7 @@ evidence (the empty-stage model) to carry as the mask until the background keyfr
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +45,7 @@ class MaskResult:
       stability: IoU of the mask thresholded at logit +1 and -1 (SAM's stability score).
       agreement: `mask_agreement` with the mask propagated from the previous frame (None on an object's first frame).
       keyframe / reason: whether the encoder ran for this frame, and the policy's reason.
+      flow_residual: the flow's `Motion.residual` over the previous mask (None on an object's first frame).
     """
 
     mask: np.ndarray
@@ -54,6 +56,7 @@ class MaskResult:
     keyframe: bool
     reason: str
     candidate: int
+    flow_residual: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,13 +154,14 @@ class MaskTracker:
           anchor: a box that moves with the object's flow and is the box prompt when `box` is None.
         """
         grey = self.propagator.grey(frame.image)
-        prior, propagated = None, None
+        prior, propagated, residual = None, None, None
         motion = 0.0
         seeded, self._seed = self._seed, None
         if self._prev_mask is not None:
             m = self.propagator.motion(self._prev_grey, grey, frame.size, region=self._prev_mask)
             propagated = self.propagator.warp(self._prev_mask.astype(np.float32), m) > 0.5
             self._drift += m.shift
+            residual = m.residual
             if anchor is not None:
                 anchor.move(m.shift)
                 box = anchor.box(frame.size) if box is None else box
@@ -201,7 +205,7 @@ class MaskTracker:
         self._prev_grey, self._prev_mask = grey, result.mask
         if result.keyframe:
             self._drift[:] = 0
-        return result
+        return dataclasses.replace(result, flow_residual=residual)
 
     def forget_mask(self) -> None:
         """Drop the carried-forward mask (it was judged lost): the next frame has no dense prior, and its

@@ -43,11 +43,15 @@ class Motion:
       scale: full-resolution pixels per working pixel.
       shift: (2,) median (dx, dy) of the forward motion in full-resolution pixels over the region:
         the object's translation. A product turning in place has a shift near zero.
+      residual: mean absolute grey-level difference over the region between the current frame and the
+        previous one carried along the flow: how much of the change the flow fails to explain (a few
+        levels on video; tens where the frames jump, as photos taken walking round an object do).
     """
 
     flow: np.ndarray
     scale: float
     shift: np.ndarray
+    residual: float
 
 
 class FlowPropagator:
@@ -71,23 +75,22 @@ class FlowPropagator:
         """Backward flow from `grey` (current) to `prev_grey`; `region` (H, W) bool limits the summary."""
         flow = self._dis.calc(grey, prev_grey, None)
         scale = full_size[1] / grey.shape[1]
-        vectors = flow.reshape(-1, 2)
+        small = np.ones(grey.shape, bool)
         if region is not None and region.any():
-            small = cv2.resize(region.astype(np.uint8), (grey.shape[1], grey.shape[0]),
-                               interpolation=cv2.INTER_NEAREST) > 0
-            if small.any():
-                vectors = flow[small]
+            inside = cv2.resize(region.astype(np.uint8), (grey.shape[1], grey.shape[0]),
+                                interpolation=cv2.INTER_NEAREST) > 0
+            small = inside if inside.any() else small
         # Backward flow points to where a pixel came from: the object moved by its negation.
-        shift = -np.median(vectors, axis=0) * scale
-        return Motion(flow=flow, scale=scale, shift=shift.astype(np.float32))
+        shift = -np.median(flow[small], axis=0) * scale
+        carried = _remap(prev_grey, flow, cv2.BORDER_REPLICATE, 0)
+        residual = float(cv2.absdiff(carried, grey)[small].mean())
+        return Motion(flow=flow, scale=scale, shift=shift.astype(np.float32), residual=residual)
 
     def warp(self, values: np.ndarray, motion: Motion, fill: float = 0.0) -> np.ndarray:
         """Carry a full-resolution (H, W) float map from the previous frame into the current one."""
         h, w = values.shape
         flow = cv2.resize(motion.flow, (w, h), interpolation=cv2.INTER_LINEAR) * motion.scale
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        return cv2.remap(values.astype(np.float32), gx + flow[..., 0], gy + flow[..., 1],
-                         interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+        return _remap(values.astype(np.float32), flow, cv2.BORDER_CONSTANT, fill)
 
     def prior_logits(self, mask: np.ndarray) -> np.ndarray:
         """A binary (H, W) mask -> (H, W) float32 log-odds shaped by the distance to its edge.
@@ -103,3 +106,11 @@ class FlowPropagator:
         outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
         signed = np.where(mask, inside, -outside)
         return (o.prior_strength * np.clip(signed / width, -1.0, 1.0)).astype(np.float32)
+
+
+def _remap(values: np.ndarray, flow: np.ndarray, border: int, fill: float) -> np.ndarray:
+    """`values` sampled where the (H, W, 2) backward `flow` (same size) says each pixel came from."""
+    h, w = values.shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(values, gx + flow[..., 0], gy + flow[..., 1], interpolation=cv2.INTER_LINEAR,
+                     borderMode=border, borderValue=fill)

@@ -29,6 +29,7 @@ from turncrop.tracking.masktrack import MaskResult, MaskTracker
 log = logging.getLogger(__name__)
 
 _BINS = 16  # per channel of the colour histogram (16^3 bins)
+_CUT_BAND = 3  # px inside a box side where a mask running along it is seen
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class RecoveryOptions:
     memory_shrink_rate: float = 0.05  # ... of one whose mask is smaller than the memory's
     patience: int = 30  # frames of search before the object is given up (then it may end)
     search_reach: float = 2.0  # a lost object is looked for this many of its sizes around where it was
+    jump_residual: float = 15.0  # grey levels of `Motion.residual` above which the frame jumped
+    clip_share: float = 0.3  # a mask along this share of a box side was cut by the box there
+    jump_reach: float = 0.3  # ... and the anchor may then jump this fraction of its size past that side
+    jump_growth: float = 1.25  # ... up to this times the remembered size
 
     def __post_init__(self) -> None:
         if not 0 < self.collapse < self.recovered_area <= 1 < self.explode:
@@ -122,7 +127,7 @@ class ObjectWatch:
         return region if region.any() else None
 
     def observe(self, frame_index: int, image: np.ndarray, mask: np.ndarray, keyframe: bool,
-                first: bool) -> Verdict:
+                first: bool, jumped: bool = False) -> Verdict:
         """Judge frame `frame_index`'s (H, W) bool `mask` of the (H, W, 3) uint8 `image` against the memory.
 
         `first`: the object's first mask (a prompt): it starts the memory and the anchor as they are.
@@ -138,7 +143,9 @@ class ObjectWatch:
         if reason is not None:
             return self._lose(frame_index, reason)
         core = _core_box(mask)
-        self.anchor = self._follow(core)
+        # Where the flow could not carry the mask (the frame jumped: photos taken walking round an object),
+        # the anchor it carried cannot be trusted to hold the object either.
+        self.anchor = self._follow(core, self._colour_reach(image, mask) if jumped else None)
         if keyframe:
             self._remember(histogram, mask, core)
         recovered = self.lost_since is not None
@@ -201,13 +208,77 @@ class ObjectWatch:
             log.debug("frame %d: object still lost: %s", frame_index, reason)
         return Verdict(False, True, False, reason)
 
-    def _follow(self, target: np.ndarray) -> np.ndarray:
-        """The anchor moved toward the mask's box `target`, each edge at a bounded rate."""
+    def _colour_reach(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(4,) float32: how far beyond each side of the box prompt (x0, y0, x1, y1) the object's colours go on
+        where the mask runs along that side (0 where it does not: the box did not cut the object there).
+
+        The box prompt bounds the cut: an object that grew or jumped between frames (photos taken walking
+        around it) is cut at the box, and the mask's box, which the anchor follows, cannot show it. The
+        memory's colours beyond the side can."""
+        reach = np.zeros(4, np.float32)
+        box = self.box(mask.shape)
+        if box is None:
+            return reach
+        bounds = _pixels(box, mask.shape)
+        likely = None
+        for side in range(4):
+            depth = max(1, int(self.options.jump_reach * (bounds[side % 2 + 2] - bounds[side % 2])))
+            inner, _ = _side_strips(mask, bounds, side, depth)
+            along = inner.any(axis=0)
+            if along.mean() < self.options.clip_share:
+                continue
+            if likely is None:
+                likely = _object_likely(image, ~mask, self._memory.histogram)
+            _, beyond = _side_strips(likely, bounds, side, depth)
+            share = beyond[:, along].mean(axis=1)  # empty on a side at the frame's edge
+            below = np.flatnonzero(share < 0.5)
+            reach[side] = float(below[0] if len(below) else len(share))
+        return reach
+        x0, y0, x1, y1 = _pixels(box, (h, w))
+        size = np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0], np.float32)
+        depth = np.maximum((self.options.jump_reach * size).astype(int), 1)
+        band = 3
+        edges = {0: x0 > 0, 1: y0 > 0, 2: x1 < w, 3: y1 < h}
+        likely = None
+        for side, open_side in edges.items():
+            if not open_side:
+                continue
+            # The side's strip inside the box, and beyond it, as (along, across) with "across" outward.
+            if side == 0:
+                inner, outer = mask[y0:y1, x0:x0 + band].T, (slice(y0, y1), slice(max(0, x0 - depth[0]), x0))
+            elif side == 2:
+                inner, outer = mask[y0:y1, x1 - band:x1].T, (slice(y0, y1), slice(x1, min(w, x1 + depth[2])))
+            elif side == 1:
+                inner, outer = mask[y0:y0 + band, x0:x1], (slice(max(0, y0 - depth[1]), y0), slice(x0, x1))
+            else:
+                inner, outer = mask[y1 - band:y1, x0:x1], (slice(y1, min(h, y1 + depth[3])), slice(x0, x1))
+            along = inner.any(axis=0)
+            if along.mean() < self.options.clip_share:
+                continue
+            if likely is None:
+                likely = _object_likely(image, ~mask, self._memory.histogram)
+            strip = likely[outer]
+            strip = strip.T if side in (0, 2) else strip  # (across, along)
+            if side in (0, 1):
+                strip = strip[::-1]  # outward from the side
+            share = strip[:, along].mean(axis=1)
+            below = np.flatnonzero(share < 0.5)
+            reach[side] = float(below[0] if len(below) else len(share))
+        return reach
+
+    def _follow(self, target: np.ndarray, reach: np.ndarray | None = None) -> np.ndarray:
+        """The anchor moved toward the mask's box `target`, each edge at a bounded rate, or out to `reach`
+        (`_colour_reach`) beyond the box prompt where the object's colours go on past it."""
         o, anchor = self.options, self.anchor
         size = np.tile(np.maximum(anchor[2:] - anchor[:2], 1.0), 2)
         outward = np.array([-1, -1, 1, 1], np.float32)  # the sign of an edge's move that grows the box
         step = (target - anchor) * outward
         step = np.clip(step, -o.shrink_rate * size, o.grow_rate * size)
+        if reach is not None:
+            beyond = o.box_margin * size + reach  # the box prompt's side was the margin beyond the anchor's
+            # A jump is for an object cut by the box, not a leak riding on it: not past the remembered size.
+            room = np.tile(np.maximum(o.jump_growth * self._memory.size - (anchor[2:] - anchor[:2]), 0), 2)
+            step = np.where(reach > 0, np.maximum(step, np.minimum(beyond, room)), step)
         moved = anchor + step * outward
         # A mask leaking out frame after frame must not take the box with it: the box keeps to the size of
         # the object as its healthy keyframes knew it, give or take `max_growth`.
@@ -230,6 +301,29 @@ def _histogram(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(_BINS^3,) float32 normalised RGB histogram of `image`'s pixels under `mask`."""
     hist = cv2.calcHist([image], [0, 1, 2], mask.astype(np.uint8), [_BINS] * 3, [0, 256] * 3).ravel()
     return (hist / max(float(hist.sum()), 1.0)).astype(np.float32)
+
+
+def _object_likely(image: np.ndarray, around: np.ndarray, histogram: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels whose colour is likelier under the memory's `histogram` than among the pixels
+    `around` the object."""
+    outside = _histogram(image, around)
+    bins = (image // (256 // _BINS)).astype(np.intp)
+    index = (bins[..., 0] * _BINS + bins[..., 1]) * _BINS + bins[..., 2]
+    return (histogram > outside)[index]
+
+
+def _side_strips(values: np.ndarray, bounds: tuple[int, int, int, int], side: int,
+                 depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `_CUT_BAND` px of the (H, W) `values` just inside side `side` (0 left, 1 top, 2 right, 3 bottom) of
+    the pixel `bounds` (x0, y0, x1, y1), and the `depth` px just beyond it (fewer at the frame's edge), each
+    (across, along) with "across" running outward."""
+    x0, y0, x1, y1 = bounds
+    if side % 2:  # top and bottom are the left and right sides of the transposed values
+        values, (x0, y0, x1, y1) = values.T, (y0, x0, y1, x1)
+    rows = values[y0:y1]
+    if side < 2:
+        return rows[:, x0:x0 + _CUT_BAND][:, ::-1].T, rows[:, max(0, x0 - depth):x0][:, ::-1].T
+    return rows[:, x1 - _CUT_BAND:x1].T, rows[:, x1:x1 + depth].T
 
 
 def _back_project(image: np.ndarray, histogram: np.ndarray) -> np.ndarray:
@@ -278,7 +372,8 @@ def watched_step(masks: MaskTracker, watch: ObjectWatch, frame: Frame, box: np.n
     result = masks.step(frame, box, anchor=watch, recovery=searching or bool(prompt.pop("recovery", False)),
                         **prompt)
     first = first or result.reason in (FIRST, OPERATOR)  # a prompt is the operator's word: remember it afresh
-    verdict = watch.observe(frame.index, frame.image, result.mask, result.keyframe, first)
+    jumped = result.flow_residual is not None and result.flow_residual > watch.options.jump_residual
+    verdict = watch.observe(frame.index, frame.image, result.mask, result.keyframe, first, jumped)
     if verdict.lost and not searching:
         _search(masks, watch, frame)
         result = masks.step(frame, None, anchor=watch, recovery=True, evidence=prompt.get("evidence"))
