@@ -234,37 +234,6 @@ class ObjectWatch:
             below = np.flatnonzero(share < 0.5)
             reach[side] = float(below[0] if len(below) else len(share))
         return reach
-        x0, y0, x1, y1 = _pixels(box, (h, w))
-        size = np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0], np.float32)
-        depth = np.maximum((self.options.jump_reach * size).astype(int), 1)
-        band = 3
-        edges = {0: x0 > 0, 1: y0 > 0, 2: x1 < w, 3: y1 < h}
-        likely = None
-        for side, open_side in edges.items():
-            if not open_side:
-                continue
-            # The side's strip inside the box, and beyond it, as (along, across) with "across" outward.
-            if side == 0:
-                inner, outer = mask[y0:y1, x0:x0 + band].T, (slice(y0, y1), slice(max(0, x0 - depth[0]), x0))
-            elif side == 2:
-                inner, outer = mask[y0:y1, x1 - band:x1].T, (slice(y0, y1), slice(x1, min(w, x1 + depth[2])))
-            elif side == 1:
-                inner, outer = mask[y0:y0 + band, x0:x1], (slice(max(0, y0 - depth[1]), y0), slice(x0, x1))
-            else:
-                inner, outer = mask[y1 - band:y1, x0:x1], (slice(y1, min(h, y1 + depth[3])), slice(x0, x1))
-            along = inner.any(axis=0)
-            if along.mean() < self.options.clip_share:
-                continue
-            if likely is None:
-                likely = _object_likely(image, ~mask, self._memory.histogram)
-            strip = likely[outer]
-            strip = strip.T if side in (0, 2) else strip  # (across, along)
-            if side in (0, 1):
-                strip = strip[::-1]  # outward from the side
-            share = strip[:, along].mean(axis=1)
-            below = np.flatnonzero(share < 0.5)
-            reach[side] = float(below[0] if len(below) else len(share))
-        return reach
 
     def _follow(self, target: np.ndarray, reach: np.ndarray | None = None) -> np.ndarray:
         """The anchor moved toward the mask's box `target`, each edge at a bounded rate, or out to `reach`
@@ -306,10 +275,7 @@ def _histogram(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def _object_likely(image: np.ndarray, around: np.ndarray, histogram: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels whose colour is likelier under the memory's `histogram` than among the pixels
     `around` the object."""
-    outside = _histogram(image, around)
-    bins = (image // (256 // _BINS)).astype(np.intp)
-    index = (bins[..., 0] * _BINS + bins[..., 1]) * _BINS + bins[..., 2]
-    return (histogram > outside)[index]
+    return (histogram > _histogram(image, around))[_bin_index(image)]
 
 
 def _side_strips(values: np.ndarray, bounds: tuple[int, int, int, int], side: int,
@@ -331,8 +297,13 @@ def _back_project(image: np.ndarray, histogram: np.ndarray) -> np.ndarray:
     frame = _histogram(image, np.ones(image.shape[:2], bool))
     ratio = histogram / np.maximum(frame, 1e-6)  # colours common on the object and rare elsewhere score high
     lookup = (255 * ratio / max(float(ratio.max()), 1e-6)).astype(np.uint8)
+    return lookup[_bin_index(image)]
+
+
+def _bin_index(image: np.ndarray) -> np.ndarray:
+    """(H, W) intp: each pixel's bin in `_histogram`'s flattened (_BINS^3,) order."""
     bins = (image // (256 // _BINS)).astype(np.intp)
-    return lookup[(bins[..., 0] * _BINS + bins[..., 1]) * _BINS + bins[..., 2]]
+    return (bins[..., 0] * _BINS + bins[..., 1]) * _BINS + bins[..., 2]
 
 
 def _core_box(mask: np.ndarray, tail: float = 0.01) -> np.ndarray:
