@@ -130,11 +130,12 @@ def test_warp_carries_values_and_fills_outside(translated):
     np.testing.assert_allclose(const[3:-3, 3:-3], 5.0, atol=1e-4)
     assert const.min() >= -1.0 - 1e-4 and const.max() <= 5.0 + 1e-4
     # Zero motion is the identity.
-    still = Motion(flow=np.zeros((H, W, 2), np.float32), scale=1.0, shift=np.zeros(2, np.float32), residual=0.0)
+    frames = {"greys": (np.zeros((H, W), np.uint8),) * 2, "region": np.ones((H, W), bool)}
+    still = Motion(flow=np.zeros((H, W, 2), np.float32), scale=1.0, shift=np.zeros(2, np.float32), **frames)
     values = np.random.default_rng(0).normal(size=(H, W)).astype(np.float32)
     np.testing.assert_allclose(fp.warp(values, still), values, atol=1e-5)
     # A uniform backward flow of (+3, 0) samples 3 px to the right: content moves left.
-    left = Motion(flow=np.tile(np.float32([3, 0]), (H, W, 1)), scale=1.0, shift=np.float32([-3, 0]), residual=0.0)
+    left = Motion(flow=np.tile(np.float32([3, 0]), (H, W, 1)), scale=1.0, shift=np.float32([-3, 0]), **frames)
     out = fp.warp(values, left, fill=9.0)
     np.testing.assert_allclose(out[:, :-3], values[:, 3:], atol=1e-5)
     assert (out[:, -2:] == 9.0).all()

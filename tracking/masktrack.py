@@ -29,7 +29,7 @@ from turncrop.models.base import Embedding, MaskSet, Prompt, Segmenter
 from turncrop.tracking.frame import Frame
 from turncrop.tracking.keyframes import Decision, KeyframePolicy
 from turncrop.tracking.masks import mask_agreement, mask_box, mask_iou
-from turncrop.tracking.propagation import FlowPropagator
+from turncrop.tracking.propagation import FlowPropagator, Motion
 
 AGREEMENT_WEIGHT = 0.5  # how much agreement with the propagated prior counts against predicted quality
 CARRY_BOX_MARGIN = 0.05  # a carried live mask may reach this fraction of the box size beyond the box
@@ -45,7 +45,7 @@ class MaskResult:
       stability: IoU of the mask thresholded at logit +1 and -1 (SAM's stability score).
       agreement: `mask_agreement` with the mask propagated from the previous frame (None on an object's first frame).
       keyframe / reason: whether the encoder ran for this frame, and the policy's reason.
-      flow_residual: the flow's `Motion.residual` over the previous mask (None on an object's first frame).
+      motion: the flow from the previous frame over the previous mask (None on an object's first frame).
     """
 
     mask: np.ndarray
@@ -56,7 +56,7 @@ class MaskResult:
     keyframe: bool
     reason: str
     candidate: int
-    flow_residual: float | None = None
+    motion: Motion | None = None
 
 
 @dataclass(frozen=True)
@@ -154,16 +154,15 @@ class MaskTracker:
           anchor: a box that moves with the object's flow and is the box prompt when `box` is None.
         """
         grey = self.propagator.grey(frame.image)
-        prior, propagated, residual = None, None, None
+        prior, propagated, flow = None, None, None
         motion = 0.0
         seeded, self._seed = self._seed, None
         if self._prev_mask is not None:
-            m = self.propagator.motion(self._prev_grey, grey, frame.size, region=self._prev_mask)
-            propagated = self.propagator.warp(self._prev_mask.astype(np.float32), m) > 0.5
-            self._drift += m.shift
-            residual = m.residual
+            flow = self.propagator.motion(self._prev_grey, grey, frame.size, region=self._prev_mask)
+            propagated = self.propagator.warp(self._prev_mask.astype(np.float32), flow) > 0.5
+            self._drift += flow.shift
             if anchor is not None:
-                anchor.move(m.shift)
+                anchor.move(flow.shift)
                 box = anchor.box(frame.size) if box is None else box
         if seeded is not None:
             propagated = seeded
@@ -205,7 +204,7 @@ class MaskTracker:
         self._prev_grey, self._prev_mask = grey, result.mask
         if result.keyframe:
             self._drift[:] = 0
-        return dataclasses.replace(result, flow_residual=residual)
+        return dataclasses.replace(result, motion=flow)
 
     def forget_mask(self) -> None:
         """Drop the carried-forward mask (it was judged lost): the next frame has no dense prior, and its

@@ -6,6 +6,7 @@ working size so that every pixel of the current frame knows where to sample the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -43,15 +44,25 @@ class Motion:
       scale: full-resolution pixels per working pixel.
       shift: (2,) median (dx, dy) of the forward motion in full-resolution pixels over the region:
         the object's translation. A product turning in place has a shift near zero.
-      residual: mean absolute grey-level difference over the region between the current frame and the
-        previous one carried along the flow: how much of the change the flow fails to explain (a few
-        levels on video; tens where the frames jump, as photos taken walking round an object do).
+      greys: the (h, w) uint8 previous and current working-size grey images.
+      region: (h, w) bool, the region the summary is over.
     """
 
     flow: np.ndarray
     scale: float
     shift: np.ndarray
-    residual: float
+    greys: tuple[np.ndarray, np.ndarray]
+    region: np.ndarray
+
+    @cached_property
+    def residual(self) -> float:
+        """Mean absolute grey-level difference over the region between the current frame and the previous
+        one carried along the flow: how much of the change the flow fails to explain (a few levels on video;
+        tens where the frames jump, as photos taken walking round an object do). Computed when first asked:
+        only the recovery path reads it."""
+        prev_grey, grey = self.greys
+        carried = _remap(prev_grey, self.flow, cv2.BORDER_REPLICATE, 0)
+        return float(cv2.absdiff(carried, grey)[self.region].mean())
 
 
 class FlowPropagator:
@@ -82,9 +93,7 @@ class FlowPropagator:
             small = inside if inside.any() else small
         # Backward flow points to where a pixel came from: the object moved by its negation.
         shift = -np.median(flow[small], axis=0) * scale
-        carried = _remap(prev_grey, flow, cv2.BORDER_REPLICATE, 0)
-        residual = float(cv2.absdiff(carried, grey)[small].mean())
-        return Motion(flow=flow, scale=scale, shift=shift.astype(np.float32), residual=residual)
+        return Motion(flow=flow, scale=scale, shift=shift.astype(np.float32), greys=(prev_grey, grey), region=small)
 
     def warp(self, values: np.ndarray, motion: Motion, fill: float = 0.0) -> np.ndarray:
         """Carry a full-resolution (H, W) float map from the previous frame into the current one."""

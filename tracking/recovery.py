@@ -343,7 +343,7 @@ def watched_step(masks: MaskTracker, watch: ObjectWatch, frame: Frame, box: np.n
     result = masks.step(frame, box, anchor=watch, recovery=searching or bool(prompt.pop("recovery", False)),
                         **prompt)
     first = first or result.reason in (FIRST, OPERATOR)  # a prompt is the operator's word: remember it afresh
-    jumped = result.flow_residual is not None and result.flow_residual > watch.options.jump_residual
+    jumped = result.motion is not None and result.motion.residual > watch.options.jump_residual
     verdict = watch.observe(frame.index, frame.image, result.mask, result.keyframe, first, jumped)
     if verdict.lost and not searching:
         _search(masks, watch, frame)
