@@ -114,8 +114,9 @@ def test_camera_shake_costs_nothing(studio, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_turning_platter_is_stage(studio, variant):
     clean, platter = studio(variant), studio(variant, platter=True)
-    # Issue 10 asks for 0.01: the developed clip loses 0.006, the held-out one 0.030 where its small, dark
-    # cable lies on the platter's turning marks (README, Known limits).
+    # Issue 10 asks for 0.01: the developed clip loses 0.012 (0.006 of it its grille, a near tie for the graph
+    # cut), the held-out one 0.030 where its small, dark cable lies on the platter's turning marks (README,
+    # Known limits).
     assert platter.mean_j >= clean.mean_j - 0.035, (clean.mean_j, platter.mean_j)
     _assert_one_clean_product(platter, min_still_j=0.88)
 
@@ -131,10 +132,10 @@ def test_the_operators_arm_is_not_the_product(studio, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_realistic_session(studio, variant):
     o = studio(variant, arm=True, platter=True, exposure=0.12 if variant == "developed" else 0.15, shake=1.5)
-    # Issue 10 asks for 0.95 and a still at 0.97: measured 0.956 / 0.982 developed, 0.911 / 0.940 held out.
+    # Issue 10 asks for 0.95 and a still at 0.97: measured 0.955 / 0.982 developed, 0.911 / 0.941 held out.
     _assert_one_clean_product(o, min_still_j=0.93)
     assert o.mean_j >= 0.90, o.mean_j
-    assert o.encoder_calls_per_frame <= 0.2, o.encoder_calls_per_frame  # 0.174 / 0.159
+    assert o.encoder_calls_per_frame <= 0.2, o.encoder_calls_per_frame  # 0.188 / 0.159
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -152,9 +153,19 @@ def test_white_product_on_a_white_sweep(studio):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_the_mic_on_black_velvet(studio, variant):
+    # Issue 10 asks for 0.95 on a black backdrop: 0.930 / 0.918 today, stills 0.96 / 0.91 (0.904 / 0.865 while
+    # the product's own edge, in a window of the frame beside it, read as pile missing there). The thin cable's
+    # dark edges on the velvet are what is lost.
+    o = studio(variant, backdrop="black")
+    _assert_one_clean_product(o, min_still_j=0.88)
+    assert o.mean_j >= 0.90, o.mean_j
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_a_black_product_on_black_velvet_is_found_by_the_pile_it_hides(studio, variant):
     # A few levels off the velvet in colour; its pile is what the product hides (and its shadow keeps). The wide
-    # body is found, the thin stand and cable hide too little pile (README, Known limits): 0.70 / 0.68 today,
+    # body is found, the thin stand and cable hide too little pile (README, Known limits): 0.71 / 0.69 today,
     # 0.36 / 0.34 (and two products held out) by colour and edges alone.
     o = studio(variant, product="black", backdrop="black")
     assert len(o.products) == 1 and o.false_alarm_frames == [], (o.products, o.false_alarm_frames)
