@@ -163,6 +163,17 @@ def test_the_mic_on_black_velvet(studio, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_the_mic_on_a_grey_card(studio, variant):
+    # Grey on grey: the stage takes most of the silver body for the card in shade (the stage alone J 0.54); the
+    # segmenter's colour models and the mask carried from frame to frame hold it, but the grille's fine mesh,
+    # blurred to a smooth grey at this size, is lost on some frames (README, Known limits): 0.896 / 0.884 today,
+    # stills 0.95 / 0.94.
+    o = studio(variant, backdrop="grey")
+    _assert_one_clean_product(o, min_still_j=0.90)
+    assert o.mean_j >= 0.86, o.mean_j
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_a_black_product_on_black_velvet_is_found_by_the_pile_it_hides(studio, variant):
     # A few levels off the velvet in colour; its pile is what the product hides (and its shadow keeps). The wide
     # body is found, the thin stand and cable hide too little pile (README, Known limits): 0.71 / 0.69 today,
