@@ -74,9 +74,10 @@ def missing_texture(x: np.ndarray, plate: np.ndarray, sigma: np.ndarray, ratio: 
     f = grey_x - cv2.blur(grey_x, k)
     p = grey_p - cv2.blur(grey_p, k)
     noise = _GREY_NOISE * sigma * sigma  # a frame's grey noise variance; sigma is over the three channels
-    kept = (f * f <= _TEXTURE_OUTLIER ** 2 * (cv2.blur(p * p, k) + noise)).astype(np.float32)
+    f2, p2 = f * f, p * p
+    kept = (f2 <= _TEXTURE_OUTLIER ** 2 * (cv2.blur(p2, k) + noise)).astype(np.float32)
     share = cv2.blur(kept, k)
-    fp, ff, pp = (cv2.blur(v * kept, k) / np.maximum(share, 1e-3) for v in (f * p, f * f, p * p))
+    fp, ff, pp = (cv2.blur(v * kept, k) / np.maximum(share, 1e-3) for v in (f * p, f2, p2))
     ncc = fp / np.sqrt(np.maximum(ff * pp, 1e-6))
     texture = np.maximum(pp - _PLATE_NOISE_MARGIN * noise / frames, 0.0)
     # corr(r t + noise, t + plate noise) = r T / sqrt((r^2 T + noise) pp), T the texture's variance
