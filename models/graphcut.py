@@ -21,68 +21,12 @@ import maxflow
 import numpy as np
 
 from turncrop.models.base import Embedding, MaskSet, Prompt
+from turncrop.models.colour_model import ColourModel, colour_features
 
 _OUTSIDE_LOGIT = -12.0
 _FIT_MAX_SIDE = 480  # colour models are fitted on the keyframe resized to at most this side
 POINTS_ONLY_REACH = 0.2  # of the image diagonal around clicks given without a box or mask
 _HARD = 1e4  # unary for hard constraints (clicked points), beyond any cut's cost
-
-
-class ColourModel:
-    """A Gaussian mixture over RGB, as OpenCV's GrabCut stores it, giving log P(colour)."""
-
-    def __init__(self, packed: np.ndarray) -> None:
-        """packed: (1, 13 K) float64 from cv2.grabCut: K weights, K means (3), K covariances (3x3)."""
-        k = packed.size // 13
-        flat = packed.ravel()
-        weights = flat[:k]
-        means = flat[k:4 * k].reshape(k, 3)
-        covs = flat[4 * k:].reshape(k, 3, 3) + np.eye(3) * 1e-2
-        keep = weights > 0
-        self.means = means[keep].astype(np.float32)
-        self.inv = np.linalg.inv(covs[keep]).astype(np.float32)
-        _, logdet = np.linalg.slogdet(covs[keep])
-        self.log_norm = (np.log(weights[keep]) - 0.5 * logdet - 1.5 * np.log(2 * np.pi)).astype(np.float32)
-        self._coefficients, self._constants = self._quadratic_form()
-
-    def _quadratic_form(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each component's log density as a linear function of `colour_features`: (K, 9) and (K,)."""
-        rows, constants = [], []
-        for mean, inv, norm in zip(self.means.astype(np.float64) - _CENTRE, self.inv.astype(np.float64),
-                                   self.log_norm.astype(np.float64)):
-            # -(x - m)' A (x - m) / 2 = -x'Ax / 2 + m'A x - m'A m / 2
-            quadratic = [inv[0, 0], inv[1, 1], inv[2, 2], 2 * inv[0, 1], 2 * inv[0, 2], 2 * inv[1, 2]]
-            rows.append([*(-0.5 * np.array(quadratic)), *(inv @ mean)])
-            constants.append(norm - 0.5 * mean @ inv @ mean)
-        return np.array(rows), np.array(constants)
-
-    def log_prob(self, pixels: np.ndarray) -> np.ndarray:
-        """(..., 3) colours -> (...) float32 log density."""
-        return self.log_prob_of(colour_features(pixels)).reshape(pixels.shape[:-1])
-
-    def log_prob_of(self, features: np.ndarray) -> np.ndarray:
-        """(9, N) `colour_features` -> (N,) float32 log density."""
-        terms = self._coefficients @ features  # (K, N): one product for all components
-        terms += self._constants[:, None]
-        best = terms.max(0)
-        terms -= best
-        np.exp(terms, out=terms)
-        return (best + np.log(terms.sum(0))).astype(np.float32)
-
-
-_CENTRE = 128.0  # colours are centred before squaring, which keeps float64 exact to far below a nat
-
-
-def colour_features(pixels: np.ndarray) -> np.ndarray:
-    """(..., 3) colours -> (9, N) float64: the quadratic and linear monomials of the centred colour, which
-    every Gaussian's log density is linear in (one matrix product per mixture instead of one per component)."""
-    out = np.empty((9, pixels.size // 3))
-    out[6:] = pixels.reshape(-1, 3).T
-    out[6:] -= _CENTRE
-    r, g, b = out[6:]
-    for row, (u, v) in enumerate(((r, r), (g, g), (b, b), (r, g), (r, b), (g, b))):
-        np.multiply(u, v, out=out[row])
-    return out
 
 
 @dataclass
@@ -163,21 +107,32 @@ class GraphCutSegmenter:
         crop = np.ascontiguousarray(image[roi.slices])
         prior = self._prompt_logits(prompt, roi, h, w)
         models = embedding.data
-        if models.fg is None:
-            # From a box or clicks alone GrabCut starts far from the object: it needs more rounds to settle.
-            o = self.options
-            rounds = o.fit_iterations if prompt.mask_logits is not None else o.box_fit_iterations
-            fitted = _fit_colour_models(image, self._grabcut_seeds(prompt, prior, roi, h, w), roi, rounds)
-            if fitted is None:  # the prompt holds no object colour (e.g. a box over bare backdrop)
-                return _empty(h, w)
-            models.fg, models.bg = fitted
-        unary = self._unary(crop, models, prior)
         # Contrast is measured over the prompt's whole extent (`contrast_beta`), which holds the cut's region:
         # the cut's colour steps are a window of the same steps (the links that window cuts are dropped).
         extent = self._roi(prompt, h, w, specks=True)
         steps = _squared_steps(image[extent.slices])
+        beta = contrast_beta(steps)
         inside = (slice(roi.y0 - extent.y0, roi.y1 - extent.y0), slice(roi.x0 - extent.x0, roi.x1 - extent.x0))
-        cut = _solve(unary, self._edge_weights({k: d[inside] for k, d in steps.items()}, contrast_beta(steps)))
+        steps = {k: d[inside] for k, d in steps.items()}
+        edges = self._edge_weights(steps, beta)
+        if models.fg is None:
+            fits = self._colour_hypotheses(image, prompt, prior, roi, h, w)
+            if not fits:  # the prompt holds no object colour (e.g. a box over bare backdrop)
+                return _empty(h, w)
+            # Each reading of the prompt gives a cut. The object's outline runs along strong colour steps, a cut
+            # through one surface (a wall behind a swan) along none: another reading replaces the prompt's
+            # own only where its outline is clearly the stronger.
+            solved = []
+            for fg, bg in fits:
+                unary = self._unary(crop, _KeyframeModels(fg, bg), prior)
+                cut = _solve(unary, edges)
+                solved.append((_outline_contrast(cut, steps), fg, bg, unary, cut))
+            best = max(solved[1:], key=lambda c: c[0], default=solved[0])
+            chosen = best if best[0] > _CLEARER_OUTLINE * solved[0][0] else solved[0]
+            _, models.fg, models.bg, unary, cut = chosen
+        else:
+            unary = self._unary(crop, models, prior)
+            cut = _solve(unary, edges)
         models.decodes += 1
         return self._candidates(cut, unary, roi, h, w)
 
@@ -255,6 +210,30 @@ class GraphCutSegmenter:
         seeds[prior >= _HARD] = cv2.GC_FGD
         seeds[prior <= -_HARD] = cv2.GC_BGD
         return seeds
+
+    def _colour_hypotheses(self, image: np.ndarray, prompt: Prompt, prior: np.ndarray, roi: _Roi,
+                           h: int, w: int) -> list[tuple[ColourModel, ColourModel]]:
+        """Fitted (foreground, background) colour models, one per reading of the prompt.
+
+        A dense prior or clicks say which pixels are object: one reading. A box alone does not: beside the
+        box's own GrabCut, the readings where its colours commoner outside it than inside (a wall, water
+        around a swan) start as probable background (`_COMMONER_OUTSIDE`).
+        """
+        o = self.options
+        seeds = self._grabcut_seeds(prompt, prior, roi, h, w)
+        if prompt.mask_logits is not None:
+            fitted = _fit_colour_models(image, seeds, roi, o.fit_iterations)
+            return [fitted] if fitted else []
+        # From a box or clicks alone GrabCut starts far from the object: it needs more rounds to settle.
+        readings = [seeds]
+        if prompt.box is not None and prompt.points is None:
+            commonness = _inside_over_outside(image, prompt.box)[roi.slices]
+            for ratio in _COMMONER_OUTSIDE:
+                alt = seeds.copy()
+                alt[(seeds == cv2.GC_PR_FGD) & (commonness < ratio)] = cv2.GC_PR_BGD
+                readings.append(alt)
+        fits = [_fit_colour_models(image, s, roi, o.box_fit_iterations) for s in readings]
+        return [f for f in fits if f is not None]
 
     # -- energy --------------------------------------------------------------------------------------
 
@@ -341,6 +320,39 @@ def _frame_edge_bands(box: np.ndarray, roi: _Roi, h: int, w: int) -> np.ndarray:
     if y1 >= h - 1:
         region[-by:, :] = True
     return bands
+
+
+_COMMONER_OUTSIDE = (2.0,)  # in-box over out-of-box colour share below which a box pixel starts as background
+_HIST_BINS = 16  # per channel, for those shares
+_CLEARER_OUTLINE = 1.05  # outline contrast over the box's own reading's at which another reading is taken
+
+
+def _inside_over_outside(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """(H, W) float32: how much commoner each pixel's colour is inside `box` than outside it (shares of
+    a 16-bin-per-channel colour histogram); large where a colour is only the object's."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    inside = np.zeros((h, w), np.uint8)
+    inside[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 1
+    shape, ranges = [_HIST_BINS] * 3, [0, 256] * 3
+    hist_in = cv2.calcHist([image], [0, 1, 2], inside, shape, ranges).ravel()
+    hist_out = cv2.calcHist([image], [0, 1, 2], 1 - inside, shape, ranges).ravel()
+    if hist_out.sum() == 0 or hist_in.sum() == 0:
+        return np.full((h, w), np.inf, np.float32)
+    ratio = (hist_in / hist_in.sum()) / np.maximum(hist_out / hist_out.sum(), 1e-6)
+    bins = image.astype(np.intp) // (256 // _HIST_BINS)
+    return ratio[(bins[..., 0] * _HIST_BINS + bins[..., 1]) * _HIST_BINS + bins[..., 2]].astype(np.float32)
+
+
+def _outline_contrast(cut: np.ndarray, steps: dict[tuple[int, int], np.ndarray]) -> float:
+    """Mean colour step (8-bit levels) across the cut's outline, from the region's `_squared_steps`;
+    0 for an empty or full cut."""
+    right, down = cut ^ np.roll(cut, -1, axis=1), cut ^ np.roll(cut, -1, axis=0)
+    right[:, -1] = down[-1, :] = False
+    if not (right.any() or down.any()):
+        return 0.0
+    values = np.concatenate([np.sqrt(steps[(0, 1)][right]), np.sqrt(steps[(1, 0)][down])])
+    return float(values.mean())
 
 
 def _empty(h: int, w: int) -> MaskSet:

@@ -7,6 +7,7 @@ import pytest
 
 import turncrop.models.graphcut as graphcut
 from turncrop.models.base import Embedding, MaskSet, Prompt, Segmenter
+from turncrop.models.colour_model import ColourModel
 from turncrop.models.graphcut import GraphCutOptions, GraphCutSegmenter
 
 H, W = 160, 200
@@ -372,7 +373,7 @@ def test_colour_model_log_density_is_the_mixtures(spread):
     packed = np.concatenate([weights, means.ravel(), covs.ravel()])[None]
     colours = np.concatenate([means[:, None] + rng.normal(size=(k, 50, 3)) * np.sqrt(spread),
                               rng.random((1, 50, 3)) * 255]).astype(np.float32)
-    got = graphcut.ColourModel(packed).log_prob(colours)
+    got = ColourModel(packed).log_prob(colours)
     full = covs + np.eye(3) * 1e-2
     d = colours[None].astype(np.float64) - means[:, None, None]
     quad = np.einsum("knpi,kij,knpj->knp", d, np.linalg.inv(full), d)

@@ -6,9 +6,8 @@ memory judges every mask, and a lost object is re-keyed until it is found again 
 
 - car-roundabout from a family of boxes (tight, padded by 5/10/20 % of its size, shifted by 3 px): the
   same segmentation, J >= 0.82 and no frame below 0.5 after frame 5;
-- blackswan from the same family: the issue's goal is J >= 0.85; the weight-free backend reaches 0.37-0.38
-  (its colour models take the shaded wall and the swan's dark wake for the swan, even from the first-frame
-  mask), so this file guards the level measured, not the goal;
+- blackswan from the same family: J >= 0.85 (the box's own GrabCut takes the wall behind the swan for swan;
+  the reading that starts the colours commoner outside the box as background follows the swan's outline);
 - frames blanked to grey mid-clip: the loss and the recovery are logged, the object is back within 10
   frames, and it stays one product;
 - a fast ball half hidden by a leg: found again by the search over the frame;
@@ -25,6 +24,8 @@ import numpy as np
 import pytest
 from data_paths import load_masks, require_data
 
+from turncrop.models.base import Prompt
+from turncrop.models.graphcut import GraphCutSegmenter
 from turncrop.stream.config import load_config
 from turncrop.stream.evaluate import evaluate
 from turncrop.tracking.recovery import ObjectWatch, RecoveryOptions
@@ -193,7 +194,7 @@ def test_the_search_moves_the_anchor_onto_the_remembered_colours():
 
 # -- end to end on real video ---------------------------------------------------------------------------
 
-SWAN_J = 0.33  # measured 0.35-0.38 (tight, pad20; issue 15 closing note); the goal, 0.85, is not reached
+SWAN_J = 0.85  # issue 15's goal; measured 0.89-0.90 over FAMILY_SAMPLE (0.37-0.38 before the box readings)
 FAMILY_SAMPLE = ("tight", "pad20", "x-3", "y-3")  # the whole family is measured in the closing note of issue 15
 
 
@@ -213,14 +214,28 @@ def test_car_roundabout_from_every_box_of_the_family(car, member):
     assert report["products"] == 1
 
 
+def test_a_swan_before_a_wall_is_cut_from_every_box_of_the_family():
+    """The first frame alone, the whole family: the box holds the swan, the water and a pale wall that also
+    lies outside it. The box's own GrabCut kept the wall (J 0.43-0.52 over the family); measured 0.85-0.93."""
+    folder = require_data("davis_blackswan")
+    truth = load_masks(folder / "masks")[0]
+    image = cv2.cvtColor(cv2.imread(str(sorted((folder / "frames").iterdir())[0])), cv2.COLOR_BGR2RGB)
+    segmenter = GraphCutSegmenter()
+    for member, box in box_family(_tight_box(truth)).items():
+        found = segmenter.decode(segmenter.encode(image), Prompt(box=np.array(box, np.float32)), image)
+        mask = found.masks[int(np.argmax(found.scores))]
+        j = (mask & truth).sum() / (mask | truth).sum()
+        assert j >= 0.82, f"{member}: first-frame J {j:.3f}"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("member", ("tight", "pad20"))
-def test_blackswan_from_the_family_holds_its_level(member):
+@pytest.mark.parametrize("member", FAMILY_SAMPLE)
+def test_blackswan_from_every_box_of_the_family(member):
     folder = require_data("davis_blackswan")
     tight = _tight_box(load_masks(folder / "masks")[0])
     j, per_frame, report = _evaluate(folder / "frames", folder / "masks", box_family(tight)[member])
     assert j >= SWAN_J, f"{member}: mean J {j:.4f}"
-    assert min(per_frame) > 0.25 and report["products"] == 1, per_frame
+    assert min(per_frame) >= 0.7 and report["products"] == 1, per_frame
 
 
 def _blanked_clip(folder, out, frames: int, blank: range):
