@@ -116,20 +116,10 @@ class GraphCutSegmenter:
         steps = {k: d[inside] for k, d in steps.items()}
         edges = self._edge_weights(steps, beta)
         if models.fg is None:
-            fits = self._colour_hypotheses(image, prompt, prior, roi, h, w)
-            if not fits:  # the prompt holds no object colour (e.g. a box over bare backdrop)
+            readings = self._colour_readings(image, prompt, prior, roi, h, w)
+            if not readings:  # the prompt holds no object colour (e.g. a box over bare backdrop)
                 return _empty(h, w)
-            # Each reading of the prompt gives a cut. The object's outline runs along strong colour steps, a cut
-            # through one surface (a wall behind a swan) along none: another reading replaces the prompt's
-            # own only where its outline is clearly the stronger.
-            solved = []
-            for fg, bg in fits:
-                unary = self._unary(crop, _KeyframeModels(fg, bg), prior)
-                cut = _solve(unary, edges)
-                solved.append((_outline_contrast(cut, steps), fg, bg, unary, cut))
-            best = max(solved[1:], key=lambda c: c[0], default=solved[0])
-            chosen = best if best[0] > _CLEARER_OUTLINE * solved[0][0] else solved[0]
-            _, models.fg, models.bg, unary, cut = chosen
+            models.fg, models.bg, unary, cut = self._clearest_cut(readings, crop, prior, edges, steps)
         else:
             unary = self._unary(crop, models, prior)
             cut = _solve(unary, edges)
@@ -211,29 +201,44 @@ class GraphCutSegmenter:
         seeds[prior <= -_HARD] = cv2.GC_BGD
         return seeds
 
-    def _colour_hypotheses(self, image: np.ndarray, prompt: Prompt, prior: np.ndarray, roi: _Roi,
-                           h: int, w: int) -> list[tuple[ColourModel, ColourModel]]:
+    def _colour_readings(self, image: np.ndarray, prompt: Prompt, prior: np.ndarray, roi: _Roi,
+                         h: int, w: int) -> list[tuple[ColourModel, ColourModel]]:
         """Fitted (foreground, background) colour models, one per reading of the prompt.
 
         A dense prior or clicks say which pixels are object: one reading. A box alone does not: beside the
-        box's own GrabCut, the readings where its colours commoner outside it than inside (a wall, water
-        around a swan) start as probable background (`_COMMONER_OUTSIDE`).
+        box's own GrabCut, a reading where the box's colours that are not `_OBJECT_COLOUR_SHARE` times as
+        common inside it as outside (a wall, the water round a swan) start as probable background.
         """
         o = self.options
         seeds = self._grabcut_seeds(prompt, prior, roi, h, w)
         if prompt.mask_logits is not None:
             fitted = _fit_colour_models(image, seeds, roi, o.fit_iterations)
             return [fitted] if fitted else []
-        # From a box or clicks alone GrabCut starts far from the object: it needs more rounds to settle.
         readings = [seeds]
         if prompt.box is not None and prompt.points is None:
-            commonness = _inside_over_outside(image, prompt.box)[roi.slices]
-            for ratio in _COMMONER_OUTSIDE:
-                alt = seeds.copy()
-                alt[(seeds == cv2.GC_PR_FGD) & (commonness < ratio)] = cv2.GC_PR_BGD
-                readings.append(alt)
-        fits = [_fit_colour_models(image, s, roi, o.box_fit_iterations) for s in readings]
+            shared = _inside_over_outside(image, prompt.box)[roi.slices] < _OBJECT_COLOUR_SHARE
+            other = np.where((seeds == cv2.GC_PR_FGD) & shared, np.uint8(cv2.GC_PR_BGD), seeds)
+            if (other != seeds).any():  # the same seeds would fit the same models again
+                readings.append(other)
+        # From a box or clicks alone GrabCut starts far from the object: it needs more rounds to settle.
+        fits = [_fit_colour_models(image, r, roi, o.box_fit_iterations) for r in readings]
         return [f for f in fits if f is not None]
+
+    def _clearest_cut(self, readings: list[tuple[ColourModel, ColourModel]], crop: np.ndarray, prior: np.ndarray,
+                      edges: dict[tuple[int, int], np.ndarray], steps: dict[tuple[int, int], np.ndarray]
+                      ) -> tuple[ColourModel, ColourModel, np.ndarray, np.ndarray]:
+        """(fg, bg, unary, cut) of the first reading, or of another where its cut's outline is clearly the
+        stronger: the object's outline runs along strong colour steps, a cut through one surface (a wall behind
+        a swan) along none."""
+        solved = []
+        for fg, bg in readings:
+            unary = self._unary(crop, _KeyframeModels(fg, bg), prior)
+            solved.append((fg, bg, unary, _solve(unary, edges)))
+        if len(solved) == 1:
+            return solved[0]
+        contrast = [_outline_contrast(cut, steps) for *_, cut in solved]
+        best = 1 + int(np.argmax(contrast[1:]))
+        return solved[best] if contrast[best] > _CLEARER_OUTLINE * contrast[0] else solved[0]
 
     # -- energy --------------------------------------------------------------------------------------
 
@@ -322,7 +327,7 @@ def _frame_edge_bands(box: np.ndarray, roi: _Roi, h: int, w: int) -> np.ndarray:
     return bands
 
 
-_COMMONER_OUTSIDE = (2.0,)  # in-box over out-of-box colour share below which a box pixel starts as background
+_OBJECT_COLOUR_SHARE = 2.0  # in-box over out-of-box colour share below which a box pixel may start as background
 _HIST_BINS = 16  # per channel, for those shares
 _CLEARER_OUTLINE = 1.05  # outline contrast over the box's own reading's at which another reading is taken
 
