@@ -293,6 +293,17 @@ def _photos(folder, out, count: int, scale: float):
     return out / "frames", out / "masks"
 
 
+def test_a_box_padded_past_the_frame_is_the_box_clipped_to_it(tmp_path):
+    """A padded box may run past the frame's edge (the cape fills the frame): there are no pixels beyond it, and
+    the anchor and remembered size measured off the unclipped box cost 0.04 J over the set."""
+    frames, masks = _photos(require_data("real_gold_cape_views"), tmp_path, 6, 0.25)
+    h, w = load_masks(masks)[0].shape
+    x0, y0, x1, y1 = box_family(_tight_box(load_masks(masks)[0]))["pad20"]
+    assert x0 < 0 and x1 > w, "the padded box must run past the frame for this test to say anything"
+    clipped = [max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))]
+    assert _evaluate(frames, masks, [x0, y0, x1, y1])[1] == _evaluate(frames, masks, clipped)[1]
+
+
 @pytest.mark.slow
 def test_photos_taken_walking_round_an_object_keep_it_whole(tmp_path):
     """real_gold_cape_views (real photos, a cluttered storeroom behind): between views the object jumps and
