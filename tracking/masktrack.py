@@ -170,6 +170,10 @@ class MaskTracker:
             propagated = None  # a lost mask carried forward as "background everywhere" would keep it lost
         if propagated is not None:
             prior = self.propagator.prior_logits(propagated)
+            if seeded is None and flow is not None and self.propagator.jumped(flow):
+                # Where the flow explains little of the change (photos taken walking round an object) the
+                # carried mask still says where the object was, not where it was not: it may have grown.
+                prior = np.maximum(prior, 0)
             if box is None and propagated.any():
                 box = np.asarray(mask_box(propagated), np.float32)
         if box is None and prior is None and points is None:

@@ -24,6 +24,7 @@ class PropagationOptions:
     work_max_side: int = 640  # flow is computed on a frame resized to at most this side
     prior_strength: float = 1.0  # log-odds deep inside / outside the carried mask
     prior_width: float = 0.01  # distance to the mask edge (fraction of the diagonal) reaching full strength
+    jump_residual: float = 15.0  # grey levels of `Motion.residual` above which the frames jumped
 
     def __post_init__(self) -> None:
         if self.preset not in _PRESETS:
@@ -32,6 +33,8 @@ class PropagationOptions:
             raise ValueError(f"propagation.work_max_side must be >= 32, got {self.work_max_side}")
         if self.prior_strength <= 0 or self.prior_width <= 0:
             raise ValueError("propagation.prior_strength and prior_width must be > 0")
+        if self.jump_residual <= 0:
+            raise ValueError(f"propagation.jump_residual must be > 0, got {self.jump_residual}")
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,7 @@ class Motion:
     def residual(self) -> float:
         """Mean absolute grey-level difference over the region between the current frame and the previous
         one carried along the flow: how much of the change the flow fails to explain (a few levels on video;
-        tens where the frames jump, as photos taken walking round an object do). Computed when first asked:
-        only the recovery path reads it."""
+        tens where the frames jump, as photos taken walking round an object do). Computed when first asked."""
         prev_grey, grey = self.greys
         carried = _remap(prev_grey, self.flow, cv2.BORDER_REPLICATE, 0)
         return float(cv2.absdiff(carried, grey)[self.region].mean())
@@ -100,6 +102,10 @@ class FlowPropagator:
         h, w = values.shape
         flow = cv2.resize(motion.flow, (w, h), interpolation=cv2.INTER_LINEAR) * motion.scale
         return _remap(values.astype(np.float32), flow, cv2.BORDER_CONSTANT, fill)
+
+    def jumped(self, motion: Motion) -> bool:
+        """Whether the flow leaves more of the change unexplained than video does: the frames jumped."""
+        return motion.residual > self.options.jump_residual
 
     def prior_logits(self, mask: np.ndarray) -> np.ndarray:
         """A binary (H, W) mask -> (H, W) float32 log-odds shaped by the distance to its edge.

@@ -46,8 +46,7 @@ class RecoveryOptions:
     memory_shrink_rate: float = 0.05  # ... of one whose mask is smaller than the memory's
     patience: int = 30  # frames of search before the object is given up (then it may end)
     search_reach: float = 2.0  # a lost object is looked for this many of its sizes around where it was
-    jump_residual: float = 15.0  # grey levels of `Motion.residual` above which the frame jumped
-    clip_share: float = 0.3  # a mask along this share of a box side was cut by the box there
+    clip_share: float = 0.3  # where the frames jumped, a mask along this share of a box side was cut there
     jump_reach: float = 0.3  # ... and the anchor may then jump this fraction of its size past that side
     jump_growth: float = 1.25  # ... up to this times the remembered size
 
@@ -343,7 +342,7 @@ def watched_step(masks: MaskTracker, watch: ObjectWatch, frame: Frame, box: np.n
     result = masks.step(frame, box, anchor=watch, recovery=searching or bool(prompt.pop("recovery", False)),
                         **prompt)
     first = first or result.reason in (FIRST, OPERATOR)  # a prompt is the operator's word: remember it afresh
-    jumped = result.motion is not None and result.motion.residual > watch.options.jump_residual
+    jumped = result.motion is not None and masks.propagator.jumped(result.motion)
     verdict = watch.observe(frame.index, frame.image, result.mask, result.keyframe, first, jumped)
     if verdict.lost and not searching:
         _search(masks, watch, frame)
