@@ -616,8 +616,7 @@ def _start_prompt(prompt: InitialPrompt, frame: Frame) -> dict:
     if box is None and prompt.mask is not None:
         box = np.asarray(mask_box(prompt.mask), np.float32)  # the mask's bounding box where a box is needed
     if box is not None:  # a box padded past the frame's edge reaches to the edge: no pixels lie beyond it
-        h, w = frame.size
-        box = np.clip(box * scale, 0, [w, h, w, h]).astype(np.float32)
+        box = sv.clip_boxes((box * scale)[None], frame.size[::-1])[0]
     return {"box": box,
             "points": None if prompt.points is None else prompt.points * scale,
             "point_labels": prompt.point_labels,
