@@ -1,6 +1,8 @@
-"""Colour models of the weight-free backend: Gaussian mixtures over RGB as OpenCV's GrabCut fits them."""
+"""Colour statistics of the weight-free backend: Gaussian mixtures over RGB as OpenCV's GrabCut fits them, and
+how much commoner a colour is inside a box than outside it."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -59,3 +61,23 @@ def colour_features(pixels: np.ndarray) -> np.ndarray:
     for row, (u, v) in enumerate(((r, r), (g, g), (b, b), (r, g), (r, b), (g, b))):
         np.multiply(u, v, out=out[row])
     return out
+
+
+_HIST_BINS = 16  # per channel, for `inside_over_outside`
+
+
+def inside_over_outside(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """(H, W) float32: how much commoner each pixel's colour is inside `box` than outside it (shares of
+    a 16-bin-per-channel colour histogram); large where a colour is only the object's."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    inside = np.zeros((h, w), np.uint8)
+    inside[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 1
+    shape, ranges = [_HIST_BINS] * 3, [0, 256] * 3
+    hist_in = cv2.calcHist([image], [0, 1, 2], inside, shape, ranges).ravel()
+    hist_out = cv2.calcHist([image], [0, 1, 2], 1 - inside, shape, ranges).ravel()
+    if hist_out.sum() == 0 or hist_in.sum() == 0:
+        return np.full((h, w), np.inf, np.float32)
+    ratio = (hist_in / hist_in.sum()) / np.maximum(hist_out / hist_out.sum(), 1e-6)
+    bins = image.astype(np.intp) // (256 // _HIST_BINS)
+    return ratio[(bins[..., 0] * _HIST_BINS + bins[..., 1]) * _HIST_BINS + bins[..., 2]].astype(np.float32)

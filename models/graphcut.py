@@ -21,7 +21,7 @@ import maxflow
 import numpy as np
 
 from turncrop.models.base import Embedding, MaskSet, Prompt
-from turncrop.models.colour_model import ColourModel, colour_features
+from turncrop.models.colour_model import ColourModel, colour_features, inside_over_outside
 
 _OUTSIDE_LOGIT = -12.0
 _FIT_MAX_SIDE = 480  # colour models are fitted on the keyframe resized to at most this side
@@ -216,7 +216,7 @@ class GraphCutSegmenter:
             return [fitted] if fitted else []
         readings = [seeds]
         if prompt.box is not None and prompt.points is None:
-            shared = _inside_over_outside(image, prompt.box)[roi.slices] < _OBJECT_COLOUR_SHARE
+            shared = inside_over_outside(image, prompt.box)[roi.slices] < _OBJECT_COLOUR_SHARE
             other = np.where((seeds == cv2.GC_PR_FGD) & shared, np.uint8(cv2.GC_PR_BGD), seeds)
             if (other != seeds).any():  # the same seeds would fit the same models again
                 readings.append(other)
@@ -328,25 +328,7 @@ def _frame_edge_bands(box: np.ndarray, roi: _Roi, h: int, w: int) -> np.ndarray:
 
 
 _OBJECT_COLOUR_SHARE = 2.0  # in-box over out-of-box colour share below which a box pixel may start as background
-_HIST_BINS = 16  # per channel, for those shares
 _CLEARER_OUTLINE = 1.05  # outline contrast over the box's own reading's at which another reading is taken
-
-
-def _inside_over_outside(image: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """(H, W) float32: how much commoner each pixel's colour is inside `box` than outside it (shares of
-    a 16-bin-per-channel colour histogram); large where a colour is only the object's."""
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-    inside = np.zeros((h, w), np.uint8)
-    inside[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 1
-    shape, ranges = [_HIST_BINS] * 3, [0, 256] * 3
-    hist_in = cv2.calcHist([image], [0, 1, 2], inside, shape, ranges).ravel()
-    hist_out = cv2.calcHist([image], [0, 1, 2], 1 - inside, shape, ranges).ravel()
-    if hist_out.sum() == 0 or hist_in.sum() == 0:
-        return np.full((h, w), np.inf, np.float32)
-    ratio = (hist_in / hist_in.sum()) / np.maximum(hist_out / hist_out.sum(), 1e-6)
-    bins = image.astype(np.intp) // (256 // _HIST_BINS)
-    return ratio[(bins[..., 0] * _HIST_BINS + bins[..., 1]) * _HIST_BINS + bins[..., 2]].astype(np.float32)
 
 
 def _outline_contrast(cut: np.ndarray, steps: dict[tuple[int, int], np.ndarray]) -> float:

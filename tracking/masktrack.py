@@ -154,28 +154,9 @@ class MaskTracker:
           anchor: a box that moves with the object's flow and is the box prompt when `box` is None.
         """
         grey = self.propagator.grey(frame.image)
-        prior, propagated, flow = None, None, None
         motion = 0.0
         seeded, self._seed = self._seed, None
-        if self._prev_mask is not None:
-            flow = self.propagator.motion(self._prev_grey, grey, frame.size, region=self._prev_mask)
-            propagated = self.propagator.warp(self._prev_mask.astype(np.float32), flow) > 0.5
-            self._drift += flow.shift
-            if anchor is not None:
-                anchor.move(flow.shift)
-                box = anchor.box(frame.size) if box is None else box
-        if seeded is not None:
-            propagated = seeded
-        if anchor is not None and propagated is not None and not propagated.any() and box is not None:
-            propagated = None  # a lost mask carried forward as "background everywhere" would keep it lost
-        if propagated is not None:
-            prior = self.propagator.prior_logits(propagated)
-            if seeded is None and flow is not None and self.propagator.jumped(flow):
-                # Where the flow explains little of the change (photos taken walking round an object) the
-                # carried mask still says where the object was, not where it was not: it may have grown.
-                prior = np.maximum(prior, 0)
-            if box is None and propagated.any():
-                box = np.asarray(mask_box(propagated), np.float32)
+        flow, propagated, prior, box = self._carry(frame, grey, seeded, box, anchor)
         if box is None and prior is None and points is None:
             raise ValueError(f"frame {frame.index}: nothing to segment from (no box, no points, no prior mask)")
         if box is not None and self._embedding is not None:
@@ -209,6 +190,36 @@ class MaskTracker:
         if result.keyframe:
             self._drift[:] = 0
         return dataclasses.replace(result, motion=flow)
+
+    def _carry(self, frame: Frame, grey: np.ndarray, seeded: np.ndarray | None, box: np.ndarray | None,
+               anchor: BoxAnchor | None) -> tuple[Motion | None, np.ndarray | None, np.ndarray | None,
+                                                  np.ndarray | None]:
+        """The previous mask carried to `frame`: (flow, propagated (H, W) bool, its prior log-odds, box prompt).
+
+        The operator's `seeded` mask stands in for the propagated one; `box` None is the anchor's box when an
+        `anchor` is given, else the propagated mask's box. Each is None where there is nothing to carry.
+        """
+        prior, propagated, flow = None, None, None
+        if self._prev_mask is not None:
+            flow = self.propagator.motion(self._prev_grey, grey, frame.size, region=self._prev_mask)
+            propagated = self.propagator.warp(self._prev_mask.astype(np.float32), flow) > 0.5
+            self._drift += flow.shift
+            if anchor is not None:
+                anchor.move(flow.shift)
+                box = anchor.box(frame.size) if box is None else box
+        if seeded is not None:
+            propagated = seeded
+        if anchor is not None and propagated is not None and not propagated.any() and box is not None:
+            propagated = None  # a lost mask carried forward as "background everywhere" would keep it lost
+        if propagated is not None:
+            prior = self.propagator.prior_logits(propagated)
+            if seeded is None and flow is not None and self.propagator.jumped(flow):
+                # Where the flow explains little of the change (photos taken walking round an object) the
+                # carried mask still says where the object was, not where it was not: it may have grown.
+                prior = np.maximum(prior, 0)
+            if box is None and propagated.any():
+                box = np.asarray(mask_box(propagated), np.float32)
+        return flow, propagated, prior, box
 
     def forget_mask(self) -> None:
         """Drop the carried-forward mask (it was judged lost): the next frame has no dense prior, and its
