@@ -8,8 +8,8 @@ A session's `golden/` folder holds what a trusted replay produced:
 
 `check_replay` compares a new replay with them: per-frame mask IoU at or above a tolerance (or, on a frame
 where the product is nearly hidden, the masks differing by no more pixels than that tolerance allows on the
-product's usual size), the same products with spans within a few frames, the chosen still within a few frames (or its mask as good as
-the golden still's), and every exported JPEG passing the marketplace checks. `CheckResult.text()` is the
+product's usual size), the same products with spans within a few frames, the chosen still within a few
+frames (or its mask as good as the golden still's), and every exported JPEG passing the marketplace checks. `CheckResult.text()` is the
 readable report of what moved and by how much. `write_golden` rewrites the folder on purpose
 (`turncrop replay --update-golden`).
 """
@@ -41,9 +41,9 @@ class Tolerances:
 
     mask_iou: least per-frame IoU of the product mask; a frame below it still passes if its masks differ by
       at most (1 - mask_iou) of the golden's median mask area (`_check_masks`).
-      span_frames: most frames a product's first or last
-    frame may move.  still_frames: most frames the chosen still may move (beyond it the still passes only
-    if its mask matches the golden still's mask with IoU >= mask_iou).
+    span_frames: most frames a product's first or last frame may move.  still_frames: most frames the chosen
+    still may move (beyond it the still passes only if its mask matches the golden still's mask with IoU >=
+    mask_iou).
     """
 
     mask_iou: float = 0.9
@@ -216,8 +216,8 @@ def _check_masks(golden: Golden, report: ReplayReport, tol: Tolerances, result: 
     for index in frames:
         a, b = golden.mask(index), report.mask(index)
         ious[index] = _iou(a, b)
-        small = a is not None and b is not None and np.count_nonzero(a ^ b) <= (1 - tol.mask_iou) * usual
-        if ious[index] < tol.mask_iou and not small:
+        if ious[index] < tol.mask_iou and not (
+                a is not None and b is not None and np.count_nonzero(a ^ b) <= (1 - tol.mask_iou) * usual):
             low[index] = ious[index]
     worst = min(ious, key=ious.get)
     hidden = sum(v < tol.mask_iou for v in ious.values()) - len(low)

@@ -197,7 +197,8 @@ class MaskTracker:
         """The previous mask carried to `frame`: (flow, propagated (H, W) bool, its prior log-odds, box prompt).
 
         The operator's `seeded` mask stands in for the propagated one; `box` None is the anchor's box when an
-        `anchor` is given, else the propagated mask's box. Each is None where there is nothing to carry.
+        `anchor` is given, else the propagated mask's box. Each is None where there is nothing to carry. The
+        flow also moves the anchor and adds to the drift the keyframe policy measures.
         """
         prior, propagated, flow = None, None, None
         if self._prev_mask is not None:
